@@ -1,0 +1,240 @@
+"""Command line: hasses' single-dash ``-flag=value`` options, GNU long options,
+help and version, and the exit codes.
+
+Owns: turning argv into a validated ``Settings``; what ``-h`` and ``-v`` print;
+exit status 2 for usage errors and 1 for an unknown switch or user (as hasses).
+Must not touch: sockets, logging handlers.  ``service.run`` does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pwd
+import sys
+from typing import Callable, Optional
+
+from . import __version__
+from .settings import (
+    Endpoint,
+    Settings,
+    SettingsError,
+    expand_hosts,
+    parse_endpoint,
+    parse_host,
+    parse_seconds,
+    parse_size,
+    validate,
+)
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UsageError(Exception):
+    """Bad command line; ``status`` is the exit code, the text the reason."""
+
+    def __init__(self, text: str, status: int = EXIT_USAGE):
+        super().__init__(text)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    legacy: tuple          # hasses spellings, e.g. ("-p",)
+    long: str              # GNU spelling, e.g. "--port"
+    dest: str              # key in the raw option dict
+    metavar: Optional[str]  # None: a switch without value
+    help: str
+    convert: Callable = str
+    const: object = True   # the value a switch stores
+
+
+def _octal(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise SettingsError(f"not an octal file mode: {text!r}") from None
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingsError(f"not a whole number: {text!r}") from None
+
+
+OPTIONS = (
+    # hasses' own flags (PROTOCOL.md 1)
+    Option(("-p",), "--port", "port", "[ADDR:]PORT", "SSE listening port (required); dual-stack unless an address is given",
+           lambda t: parse_endpoint(t, "-p")),
+    Option(("-murl",), "--match-url", "match_url", "PATH", "URL path SSE clients request (required)"),
+    Option(("-cp",), "--control-port", "control", "[ADDR:]PORT", "TCP control port (loopback unless an address is given)",
+           lambda t: parse_endpoint(t, "-cp")),
+    Option(("-fifo",), "--fifo", "fifo", "PATH", "control FIFO, created if missing"),
+    Option(("-sep", "-F"), "--separator", "separator", "C", "message delimiter on the control channels (default ;)"),
+    Option(("-q",), "--quiet", "loglevel", None, "log level 0: errors and command output", const=0),
+    Option(("-debug",), "--debug", "loglevel", None, "log level 2: debug", const=2),
+    Option(("-l",), "--log-file", "logfile", "PATH", "log file in daemon mode (default /var/log/pyhasses.log)"),
+    Option(("-pidfile",), "--pidfile", "pidfile", "PATH", "pid file, removed on exit"),
+    Option(("-ssl",), "--ssl", "ssl", None, "serve HTTPS"),
+    Option(("-cert-file",), "--cert-file", "cert_file", "PEM", "TLS certificate (with -ssl)"),
+    Option(("-privatekey-file",), "--privatekey-file", "key_file", "PEM", "TLS private key (with -ssl)"),
+    Option(("-cors-base",), "--cors-base", "cors_base", "URL", "value of Access-Control-Allow-Origin (default *)"),
+    Option(("-ra",), "--reinit", "reinit", None, "allow re-initialisation of an established stream"),
+    Option(("-user",), "--user", "user", "NAME", "drop privileges to NAME after opening ports and files"),
+    Option(("-nodaemon",), "--nodaemon", "nodaemon", None, "stay in the foreground, log to stdout"),
+    # pyhasses settings
+    Option((), "--bind", "bind", "ADDR", "address for the SSE port (default: every IPv4 and IPv6 address)",
+           lambda t: parse_host(t, "--bind")),
+    Option((), "--control-bind", "control_bind", "ADDR",
+           "address for the control port (default localhost: 127.0.0.1 and ::1; * for every address)",
+           lambda t: parse_host(t, "--control-bind")),
+    Option((), "--fifo-mode", "fifo_mode", "OCTAL", "mode of a FIFO the daemon creates (default 0660)", _octal),
+    Option((), "--handshake-timeout", "handshake_timeout", "SECONDS",
+           "close a connection that has not completed its handshake (default 20)",
+           lambda t: parse_seconds(t, "--handshake-timeout")),
+    Option((), "--stream-lifetime", "stream_lifetime", "SECONDS",
+           "close an established stream this long after its handshake (default 3600)",
+           lambda t: parse_seconds(t, "--stream-lifetime")),
+    Option((), "--max-head-bytes", "max_head_bytes", "SIZE", "largest request head (default 32K)",
+           lambda t: parse_size(t, "--max-head-bytes")),
+    Option((), "--max-queue-bytes", "max_queue_bytes", "SIZE",
+           "bytes queued for one client before it is closed as too slow (default 4M)",
+           lambda t: parse_size(t, "--max-queue-bytes")),
+    Option((), "--max-message-bytes", "max_message_bytes", "SIZE", "largest message (default 1M)",
+           lambda t: parse_size(t, "--max-message-bytes")),
+    Option((), "--max-token-length", "max_token_length", "N", "longest token, subscribed or addressed (default 128)", _int),
+    Option((), "--idle-flush", "idle_flush", "SECONDS",
+           "take an unterminated control part as complete after this idle time (default 0.5)",
+           lambda t: parse_seconds(t, "--idle-flush")),
+)
+
+HELP_SWITCHES = {"-h", "-help", "--help"}
+VERSION_SWITCHES = {"-v", "-V", "-version", "--version"}
+
+COMMANDS_HELP = """\
+Commands on the control port or FIFO (parts end at the delimiter or a line end):
+  "status"                     print status/statistics to the log
+  "tcpstatus"                  reply with status/statistics as JSON (TCP only)
+  "clientlist"                 list clients to the log
+  "numberofclients"            print the number of clients to the log
+  "tcpnumberofclients"         reply {"numberofclients": N} (TCP only)
+  "subscribedclients:<sub>"    print the number of clients subscribed to <sub>
+  "tcpsubscribedclients:<sub>" reply {"subscribedclients": N, "subscribedfor": "<sub>"}
+  "loglevel_quiet" | "loglevel_normal" | "loglevel_debug"   set the log level
+  "reinit_enable" | "reinit_disable"   allow or refuse re-initialised streams
+  "<token>=<message>"          send to the subscribers of <token>
+  "<prefix>*=<message>"        send to subscriptions starting with <prefix>
+  "<token>-<id>=<message>"     send to <token> except the client connected with id=<id>
+  "*=<message>"                send to every client
+  {"to": "<token>", "data": "...", "event": "...", "except": "<id>", "retry": MS, "ack": true}
+                               JSON form: the delimiter does not split it
+"""
+
+
+def help_text() -> str:
+    lines = [
+        f"pyhasses {__version__}: Server-Sent Events notification daemon (hasses 1.30 compatible)",
+        "Usage: pyhasses -p=PORT -murl=PATH [-cp=PORT] [-fifo=PATH] [options]",
+        "",
+        "Options (hasses spelling and GNU spelling are equivalent):",
+    ]
+    for opt in OPTIONS:
+        names = [f"{n}={opt.metavar}" if opt.metavar else n for n in opt.legacy]
+        names.append(f"{opt.long} {opt.metavar}" if opt.metavar else opt.long)
+        lines.append(f"  {', '.join(names)}")
+        lines.append(f"      {opt.help}")
+    lines += [
+        "  -h, -help, --help             this help",
+        "  -v, -V, -version, --version   print the version",
+        "",
+        COMMANDS_HELP,
+    ]
+    return "\n".join(lines)
+
+
+_BY_NAME = {}
+for _opt in OPTIONS:
+    for _name in (*_opt.legacy, _opt.long):
+        _BY_NAME[_name] = _opt
+
+
+def parse_args(argv) -> dict:
+    """argv (without the program name) to a dict of converted values.
+    Raises UsageError; returns {"help": True} or {"version": True} early."""
+    raw: dict = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg in HELP_SWITCHES:
+            return {"help": True}
+        if arg in VERSION_SWITCHES:
+            return {"version": True}
+        name, eq, value = arg.partition("=")
+        opt = _BY_NAME.get(name)
+        if opt is None or not arg.startswith("-"):
+            raise UsageError(f'unknown switch: "{arg}" (see -h)', EXIT_FAILURE)
+        if opt.metavar is None:
+            if eq:
+                raise UsageError(f"{name} takes no value")
+            raw[opt.dest] = opt.const
+            continue
+        if not eq:
+            # GNU style "--port 8080"; hasses style always has "=".
+            if not name.startswith("--") or i >= len(args):
+                raise UsageError(f"{name} needs a value: {name}={opt.metavar}")
+            value = args[i]
+            i += 1
+        try:
+            raw[opt.dest] = opt.convert(value)
+        except SettingsError as exc:
+            msg = str(exc)
+            raise UsageError(msg if msg.startswith(name) else f"{name}: {msg}") from None
+    return raw
+
+
+def build_settings(raw: dict) -> Settings:
+    """Apply the defaults that depend on other options, then validate."""
+    if "port" not in raw:
+        raise SettingsError("missing -p=PORT (the SSE listening port)")
+    sse: Endpoint = raw.pop("port")
+    if "bind" in raw:
+        sse = Endpoint(sse.port, expand_hosts([raw.pop("bind")]))
+    control = raw.pop("control", None)
+    control_bind = raw.pop("control_bind", None)
+    if control is not None:
+        if control_bind is not None:
+            control = Endpoint(control.port, expand_hosts([control_bind]))
+        elif not control.hosts:
+            control = Endpoint(control.port, expand_hosts(["localhost"]))
+    user = raw.get("user")
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f'Error unknown user/Cannot setuid to user: "{user}"', EXIT_FAILURE) from None
+    return validate(Settings(sse=sse, control=control, **raw))
+
+
+def main(argv=None) -> int:
+    from . import service
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        raw = parse_args(argv)
+        if raw.get("help"):
+            print(help_text())
+            return 0
+        if raw.get("version"):
+            print(f"pyhasses {__version__}")
+            return 0
+        settings = build_settings(raw)
+    except UsageError as exc:
+        print(f"pyhasses: {exc}", file=sys.stderr)
+        return exc.status
+    except SettingsError as exc:
+        print(f"pyhasses: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return service.run(settings)

@@ -1,0 +1,322 @@
+"""The control protocol of the TCP control port and the FIFO.
+
+Owns: framing bytes into parts (delimiter, line end, end of input, idle
+flush, size limit), telling a part's kind (command, JSON message, legacy
+``TOKEN=MESSAGE``), and carrying it out against the hub.  Must not touch:
+sockets, descriptors, timers: the connection layer feeds bytes, tells us
+about idleness and end of input, and sends the replies we return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Callable, List, Optional, Union
+
+from . import sse
+from .hub import RoutingError, Target, parse_target
+
+# -- framing ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Oversize:
+    """A part passed the limit and was dropped; the next one is unharmed."""
+
+    size: int
+
+
+class Framer:
+    """Cuts a byte stream into parts.
+
+    A part ends at the separator, at LF (a CR before it is dropped) or, by
+    ``finish()``, at end of input or after the writer went idle.  A part that
+    starts with ``{`` is JSON and ends only at a line end, so its payload may
+    hold the separator.  ``feed`` returns parts (bytes) and ``Oversize``
+    notices, in order.
+    """
+
+    def __init__(self, separator: bytes, limit: int):
+        self._legacy_end = re.compile(b"[" + re.escape(separator) + b"\n]")
+        self.limit = limit
+        self._buf = bytearray()
+        self._scanned = 0          # bytes of _buf known to hold no terminator
+        self._dropping = None      # None, or "json"/"legacy" while skipping an oversize part
+        self._dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unterminated part held back."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list:
+        self._buf += data
+        out: list = []
+        while self._buf:
+            if self._dropping is not None:
+                if not self._skip_oversize(out):
+                    break
+                continue
+            json_part = self._buf[:1] == b"{"
+            end = self._find_end(json_part)
+            if end < 0:
+                if len(self._buf) > self.limit:
+                    self._start_dropping(json_part)
+                    continue
+                break
+            part = bytes(self._buf[:end])
+            del self._buf[:end + 1]
+            self._scanned = 0
+            self._emit(part, out)
+        return out
+
+    def finish(self) -> list:
+        """End of input or an idle writer: the held tail is a whole part."""
+        out: list = []
+        if self._dropping is not None:
+            out.append(Oversize(self._dropped + len(self._buf)))
+        elif self._buf:
+            self._emit(bytes(self._buf), out)
+        self._buf.clear()
+        self._scanned = 0
+        self._dropping = None
+        return out
+
+    def _find_end(self, json_part: bool) -> int:
+        start = self._scanned
+        if json_part:
+            end = self._buf.find(b"\n", start)
+        else:
+            match = self._legacy_end.search(self._buf, start)
+            end = match.start() if match else -1
+        self._scanned = len(self._buf) if end < 0 else 0
+        return end
+
+    def _emit(self, part: bytes, out: list) -> None:
+        if part.endswith(b"\r"):
+            part = part[:-1]
+        if len(part) > self.limit:
+            out.append(Oversize(len(part)))
+        elif part.strip():
+            out.append(part)
+
+    def _start_dropping(self, json_part: bool) -> None:
+        self._dropping = "json" if json_part else "legacy"
+        self._dropped = len(self._buf)
+        self._buf.clear()
+        self._scanned = 0
+
+    def _skip_oversize(self, out: list) -> bool:
+        """Discard up to the end of the oversize part; True once past it."""
+        end = self._find_end(self._dropping == "json")
+        if end < 0:
+            self._dropped += len(self._buf)
+            self._buf.clear()
+            self._scanned = 0
+            return False
+        out.append(Oversize(self._dropped + end))
+        del self._buf[:end + 1]
+        self._scanned = 0
+        self._dropping = None
+        return True
+
+
+# -- what a part says ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Command:
+    name: str
+    arg: str = ""
+
+
+@dataclasses.dataclass
+class Message:
+    targets: List[Target]
+    data: str
+    event: Optional[str] = None
+    retry: Optional[int] = None
+    ack: bool = False
+    is_json: bool = False
+
+
+@dataclasses.dataclass
+class Invalid:
+    reason: str
+    is_json: bool = False
+    ack: bool = False
+
+
+SIMPLE_COMMANDS = {
+    "status", "tcpstatus", "clientlist", "numberofclients", "tcpnumberofclients",
+    "loglevel_quiet", "loglevel_normal", "loglevel_debug", "reinit_enable", "reinit_disable",
+}
+ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:")
+
+
+def interpret(part: bytes, max_token_length: int, max_message_bytes: int) -> Union[Command, Message, Invalid]:
+    text = part.decode("utf-8", "surrogateescape")
+    if text.startswith("{"):
+        return _interpret_json(text, max_token_length, max_message_bytes)
+    word = text.strip()
+    if word in SIMPLE_COMMANDS:
+        return Command(word)
+    for prefix in ARG_COMMANDS:
+        if word.startswith(prefix):
+            return Command(prefix[:-1], word[len(prefix):])
+    token, eq, data = text.partition("=")
+    if not eq:
+        return Invalid(f"unknown command or message without '=': {_show(text)}")
+    if len(data.encode("utf-8", "surrogateescape")) > max_message_bytes:
+        return Invalid(f"message over {max_message_bytes} bytes")
+    try:
+        target = parse_target(token, max_token_length)
+    except RoutingError as exc:
+        return Invalid(f"bad address {_show(token)}: {exc}")
+    return Message([target], data)
+
+
+def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) -> Union[Message, Invalid]:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        return Invalid(f"not valid JSON: {exc}", is_json=True)
+    if not isinstance(obj, dict):
+        return Invalid("JSON message must be an object", is_json=True)
+    ack = obj.get("ack") is True
+
+    def bad(reason: str) -> Invalid:
+        return Invalid(reason, is_json=True, ack=ack)
+
+    unknown = set(obj) - {"to", "data", "event", "except", "retry", "ack"}
+    if unknown:
+        return bad(f"unknown field(s): {', '.join(sorted(unknown))}")
+    to = obj.get("to")
+    to_list = [to] if isinstance(to, str) else to
+    if not to_list or not isinstance(to_list, list) or not all(isinstance(t, str) for t in to_list):
+        return bad('"to" must be a token or a non-empty list of tokens')
+    data = obj.get("data")
+    if not isinstance(data, str):
+        return bad('"data" must be a string')
+    if len(data.encode("utf-8", "surrogatepass")) > max_message_bytes:
+        return bad(f'"data" over {max_message_bytes} bytes')
+    event = obj.get("event")
+    if event is not None and (not isinstance(event, str) or not event or re.search(r"[\r\n]", event)):
+        return bad('"event" must be a one-line non-empty string')
+    retry = obj.get("retry")
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
+        return bad('"retry" must be a whole number of milliseconds')
+    excepts = obj.get("except", [])
+    if isinstance(excepts, str):
+        excepts = [excepts]
+    if not isinstance(excepts, list) or not all(isinstance(e, str) and e for e in excepts):
+        return bad('"except" must be an id or a list of ids')
+    targets = []
+    try:
+        for t in to_list:
+            targets.append(parse_target(t, max_token_length))
+    except RoutingError as exc:
+        return bad(f"bad address: {exc}")
+    if excepts:
+        targets = [dataclasses.replace(t, except_ids=t.except_ids | frozenset(excepts)) for t in targets]
+    return Message(targets, data, event, retry, ack, is_json=True)
+
+
+def _show(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# -- carrying it out -------------------------------------------------------
+
+
+class ControlHandler:
+    """Runs parts against the daemon.  ``handle`` returns the reply bytes for
+    a TCP writer (None when there is nothing to say); on the FIFO, ``tcp*``
+    commands and acknowledgements have nobody to answer and are logged."""
+
+    def __init__(self, hub, ids: sse.EventIds, log, settings, runtime, status: Callable[[], dict],
+                 client_list: Callable[[], list]):
+        self.hub = hub
+        self.ids = ids
+        self.log = log
+        self.settings = settings
+        self.runtime = runtime
+        self.status = status
+        self.client_list = client_list
+
+    def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
+        if isinstance(item, Oversize):
+            self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
+            return None
+        parsed = interpret(item, self.settings.max_token_length, self.settings.max_message_bytes)
+        if isinstance(parsed, Command):
+            return self._command(parsed, channel, can_reply)
+        if isinstance(parsed, Message):
+            return self._message(parsed, channel, can_reply)
+        self.log.info(f"{channel}: {parsed.reason}; ignored")
+        if parsed.is_json and can_reply:
+            return _json_line({"ok": False, "error": parsed.reason})
+        return None
+
+    def _message(self, msg: Message, channel: str, can_reply: bool) -> Optional[bytes]:
+        event_id = self.ids.next()
+        data = sse.encode_event(event_id, msg.data, msg.event, msg.retry)
+        delivered = self.hub.publish(msg.targets, data)
+        if self.log.debugging:
+            to = ",".join(t.text() for t in msg.targets)
+            self.log.debug(f"{channel}: message {event_id} to {to!r}: {delivered} recipient(s)")
+        if msg.ack and can_reply:
+            return _json_line({"ok": True, "id": str(event_id), "delivered": delivered})
+        return None
+
+    def _command(self, cmd: Command, channel: str, can_reply: bool) -> Optional[bytes]:
+        log, hub, runtime = self.log, self.hub, self.runtime
+        name = cmd.name
+        if name == "status":
+            log.block(self.status_lines())
+        elif name == "clientlist":
+            log.block(self.client_list())
+        elif name == "numberofclients":
+            log.out(f"Number of clients: {len(hub.clients)}")
+        elif name == "subscribedclients":
+            log.out(f"Number of clients subscribed to {cmd.arg}: {hub.subscribed_count(cmd.arg)}")
+        elif name.startswith("loglevel_"):
+            level = {"loglevel_quiet": 0, "loglevel_normal": 1, "loglevel_debug": 2}[name]
+            log.out(f"Set loglevel to {level}.")
+            log.level = level
+        elif name == "reinit_enable":
+            runtime.reinit = True
+            log.out("Reinit enabled.")
+        elif name == "reinit_disable":
+            runtime.reinit = False
+            log.out("Reinit disabled.")
+        else:
+            return self._tcp_command(cmd, channel, can_reply)
+        return None
+
+    def _tcp_command(self, cmd: Command, channel: str, can_reply: bool) -> Optional[bytes]:
+        if cmd.name == "tcpstatus":
+            info = self.status()
+            reply = {k: info[k] for k in (
+                "version", "runningtime", "mode", "loglevel",
+                "allconncli", "sseconncli", "maxconncli", "msgproccnt", "msgsendcnt")}
+            reply.update(info.get("extra", {}))
+        elif cmd.name == "tcpnumberofclients":
+            reply = {"numberofclients": len(self.hub.clients)}
+        else:  # tcpsubscribedclients
+            reply = {"subscribedclients": self.hub.subscribed_count(cmd.arg), "subscribedfor": cmd.arg}
+        if not can_reply:
+            self.log.info(f"{channel}: {cmd.name} replies only on the TCP control port; ignored")
+            return None
+        return _json_line(reply)
+
+    def status_lines(self) -> list:
+        from .logs import status_block
+
+        return status_block(self.status())
+
+
+def _json_line(obj: dict) -> bytes:
+    """hasses' spacing (``"key": value,"key": ...``), always valid JSON."""
+    return (json.dumps(obj, separators=(",", ": "), ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")

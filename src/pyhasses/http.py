@@ -1,0 +1,296 @@
+"""HTTP on the SSE port: reading request heads and the fixed answers.
+
+Owns: where a head ends, its size limit, parsing it with httptools, the
+decision a head leads to (stream, HEAD, OPTIONS or an error status) and the
+exact bytes of every answer of PROTOCOL.md 3.  Must not touch: sockets, the
+hub.  ``RequestReader.feed`` takes bytes and returns the heads completed so
+far; ``decide`` turns one head into what the connection must do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import re
+from typing import Optional
+from urllib.parse import unquote
+
+import httptools
+
+SERVER = b"Server: AsyncSSEServer (Hyper)\r\n"
+ALLOW_HEADERS = b"Access-Control-Allow-Headers: cache-control, last-event-id, X-Requested-With\r\n"
+
+_BODIES = {
+    400: b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Bad Request</body></html>',
+    404: b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Not Found</body></html>',
+    431: b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Request Header Fields Too Large</body></html>',
+    501: b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Not Implemented</body></html>',
+}
+_REASONS = {400: b"Bad Request", 404: b"Not Found", 431: b"Request Header Fields Too Large", 501: b"Not Implemented"}
+
+#: Bytes that never occur in a request line: control characters and non-ASCII.
+#: Seeing one answers 400 at once instead of waiting for a line end.
+_NOT_REQUEST_LINE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_METHOD = re.compile(rb"[A-Z]+ ")
+
+KNOWN_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+def http_date() -> bytes:
+    return b"Date: " + email.utils.formatdate(usegmt=True).encode() + b"\r\n"
+
+
+# -- the answers ------------------------------------------------------------
+def handshake(cors: bytes) -> bytes:
+    return b"".join((
+        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
+        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+        b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        b"Cache-Control: no-cache\r\n",
+        b"Keep-Alive: timeout=300, max=100\r\n",
+        b"Connection: Keep-Alive\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Content-Type: text/event-stream\r\n",
+        b"X-Accel-Buffering: no\r\n",
+        b"\r\n",
+    ))
+
+
+def error(status: int, cors: bytes) -> bytes:
+    body = _BODIES[status]
+    cors_lines = b""
+    if status == 501:
+        cors_lines = b"".join((
+            b"Allow: GET, HEAD\r\n",
+            b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+            b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        ))
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), http_date(), SERVER, cors_lines,
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n",
+        b"Content-Type: text/html; charset=utf8\r\n\r\n",
+        body,
+    ))
+
+
+def head_answer(cors: bytes) -> bytes:
+    return b"".join((
+        b"HTTP/1.1 200 OK\r\n", http_date(),
+        b"Accept: text/*\r\n", SERVER,
+        b"Cache-control: no-cache\r\n",
+        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+        b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        b"Allow: GET, HEAD, OPTIONS\r\n",
+        b"Keep-Alive: timeout=300, max=100\r\n",
+        b"Content-Type: text/event-stream\r\n",
+        b"Connection: close\r\n\r\n",
+    ))
+
+
+def options_answer(cors: bytes) -> bytes:
+    return b"".join((
+        b"HTTP/1.1 200 OK\r\n", http_date(),
+        b"Accept: text/*\r\n", SERVER,
+        b"Cache-control: no-cache\r\n",
+        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+        b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        b"Allow: GET, HEAD, OPTIONS\r\n",
+        b"Accept-Encoding:\r\n",
+        b"Keep-Alive: timeout=300, max=100\r\n",
+        b"Content-Length: 0\r\n",
+        b"Connection: close\r\n\r\n",
+    ))
+
+
+# -- reading heads ----------------------------------------------------------
+@dataclasses.dataclass
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: str
+    headers: list  # [(lower-case name, value)] as bytes, in order
+
+    def header(self, name: bytes) -> Optional[bytes]:
+        """All values of ``name`` joined by ", " (RFC 9110 5.3), or None."""
+        values = [v for n, v in self.headers if n == name]
+        return b", ".join(values) if values else None
+
+
+@dataclasses.dataclass
+class BadHead:
+    """Input that is not a request we can read; ``status`` is the answer."""
+
+    status: int
+    reason: str
+
+
+class _Collector:
+    """httptools callbacks, keeping what one head says."""
+
+    def __init__(self):
+        self.target = b""
+        self.headers = []
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+class RequestReader:
+    """Buffers bytes up to the empty line that ends a head, within a limit.
+
+    A head split over any number of reads is joined; bytes after it stay
+    buffered for the next one (a re-initialised stream).  Junk is refused as
+    soon as it is seen, not when the limit or the handshake timer runs out.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._buf = bytearray()
+
+    def feed(self, data: bytes):
+        """Returns a list of RequestHead / BadHead; a BadHead is always last."""
+        self._buf += data
+        out = []
+        while self._buf:
+            match = _HEAD_END.search(self._buf)
+            if match is None:
+                bad = self._check_partial()
+                if bad is not None:
+                    out.append(bad)
+                break
+            end = match.end()
+            if end > self.limit:
+                out.append(BadHead(431, f"request head over {self.limit} bytes"))
+                break
+            head = bytes(self._buf[:end])
+            del self._buf[:end]
+            if not head.strip():
+                continue  # blank lines between requests are allowed (RFC 9112 2.2)
+            result = parse_head(head)
+            out.append(result)
+            if isinstance(result, BadHead):
+                break
+        return out
+
+    def _check_partial(self) -> Optional[BadHead]:
+        buf = self._buf.lstrip(b"\r\n")
+        if len(self._buf) > self.limit:
+            return BadHead(431, f"request head over {self.limit} bytes")
+        line_end = buf.find(b"\n")
+        first_line = buf if line_end < 0 else buf[:line_end]
+        if _NOT_REQUEST_LINE.search(first_line) or (buf and not 0x41 <= buf[0] <= 0x5A):
+            return BadHead(400, "not an HTTP request")
+        return None
+
+
+def parse_head(head: bytes):
+    """One complete head (ending in an empty line) to RequestHead or BadHead."""
+    head = head.lstrip(b"\r\n")
+    # Hand-typed requests end lines with LF alone; hasses takes them, and so
+    # do we, on every httptools release.
+    head = _BARE_LF.sub(b"\r\n", head)
+    collector = _Collector()
+    parser = httptools.HttpRequestParser(collector)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # "Connection: keep-alive, Upgrade": the head itself is complete
+    except httptools.HttpParserError as exc:
+        return _classify_error(head, exc)
+    if not collector.done:
+        return BadHead(400, "incomplete request head")
+    return RequestHead(
+        method=parser.get_method(),
+        target=collector.target,
+        version=parser.get_http_version(),
+        headers=collector.headers,
+    )
+
+
+def _classify_error(head: bytes, exc: Exception) -> BadHead:
+    """A well-formed request line with a method or version we do not serve
+    gets 501, as hasses answers; anything else is a bad request."""
+    line = head.split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) == 3 and _METHOD.match(line) and parts[2].startswith(b"HTTP/"):
+        return BadHead(501, f"unsupported request line: {line[:80]!r}")
+    return BadHead(400, f"malformed request: {exc}")
+
+
+# -- deciding what a head asks for -------------------------------------------
+@dataclasses.dataclass
+class StreamRequest:
+    """A valid SSE request: subscribe to ``tokens`` (``*`` for everything)."""
+
+    tokens: list
+    uniq_id: str
+    agent: str
+    head: RequestHead
+
+
+@dataclasses.dataclass
+class FixedAnswer:
+    """Send ``status``'s answer and close; ``reason`` goes to the log."""
+
+    status: int  # 200 for HEAD and OPTIONS
+    kind: str    # "head", "options" or "error"
+    reason: str
+
+
+def decide(head: RequestHead, match_url: str, max_token_length: int):
+    """hasses' order of checks: method, URL (404), version (501), then for
+    GET the keep-alive token and the query (400)."""
+    method = head.method
+    if method not in KNOWN_METHODS:
+        return FixedAnswer(501, "error", f"method {method.decode(errors='replace')} not implemented")
+    path, _, query = head.target.partition(b"?")
+    url_ok = path.decode("latin-1") == match_url
+    if method == b"OPTIONS" and head.target == b"*":
+        url_ok = True
+    if not url_ok:
+        return FixedAnswer(404, "error", f"unknown URL {head.target[:200].decode('latin-1')!r}")
+    if head.version != "1.1":
+        return FixedAnswer(501, "error", f"protocol HTTP/{head.version} not supported")
+    if method == b"HEAD":
+        return FixedAnswer(200, "head", "HEAD request")
+    if method == b"OPTIONS":
+        return FixedAnswer(200, "options", "OPTIONS request")
+    if not keeps_alive(head):
+        return FixedAnswer(400, "error", "no Connection: keep-alive")
+    params = parse_query(query)
+    if "subscribe" not in params:
+        return FixedAnswer(400, "error", 'missing "subscribe" parameter')
+    tokens = [t for t in params["subscribe"].split("-") if t]
+    too_long = [t for t in tokens if len(t) > max_token_length]
+    if too_long:
+        return FixedAnswer(400, "error", f"token longer than {max_token_length} characters")
+    agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
+    return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head)
+
+
+def keeps_alive(head: RequestHead) -> bool:
+    value = head.header(b"connection")
+    if value is None:
+        return False
+    return any(t.strip().lower() == b"keep-alive" for t in value.split(b","))
+
+
+def parse_query(query: bytes) -> dict:
+    """``subscribe`` and ``id`` (and anything else), percent-decoded; the
+    last of a repeated name wins, as in hasses."""
+    params = {}
+    for item in query.split(b"&"):
+        name, eq, value = item.partition(b"=")
+        if eq:
+            params[unquote(name.decode("latin-1"))] = unquote(value.decode("latin-1"), errors="replace")
+    return params

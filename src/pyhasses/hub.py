@@ -1,0 +1,185 @@
+"""Clients, their subscriptions, routing and the counters.
+
+Owns: which connection is subscribed to what, the token syntax of a
+message's address (PROTOCOL.md 5), choosing recipients through an index, and
+the counters ``tcpstatus`` reports.  Must not touch: any I/O.  A client is
+any object with the attributes of ``Subscriber`` and a ``deliver(bytes)``
+method that queues without sending or closing synchronously.
+
+Cost: an exact token costs its recipients and nothing else (hasses scanned
+every client for every message); ``PREFIX*`` costs the number of distinct
+tokens plus its recipients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+
+class RoutingError(ValueError):
+    """A message address that is not in the token syntax; text says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a message goes.  ``token == "*"``: everyone; ``prefix``: every
+    subscription starting with ``token``; ``except_ids``: skip clients that
+    connected with one of these uniq ids."""
+
+    token: str
+    prefix: bool = False
+    except_ids: frozenset = frozenset()
+
+    def text(self) -> str:
+        t = "*" if self.token == "*" else self.token + ("*" if self.prefix else "")
+        return "-".join([t, *sorted(self.except_ids)])
+
+
+def parse_target(text: str, max_token_length: int) -> Target:
+    """``TOKEN``, ``PREFIX*``, ``*``, ``TOKEN-UNIQ``, ``PREFIX*-UNIQ``."""
+    star = text.find("*")
+    dash = text.find("-")
+    except_id = ""
+    if dash >= 0:
+        if 0 <= star and dash < star:
+            raise RoutingError(f"'-' before '*' in {text[:80]!r}")
+        text, except_id = text[:dash], text[dash + 1:]
+        if not except_id:
+            raise RoutingError("empty id after '-'")
+    if not text:
+        raise RoutingError("empty token")
+    if len(text) > max_token_length:
+        raise RoutingError(f"token longer than {max_token_length} characters")
+    skip = frozenset([except_id]) if except_id else frozenset()
+    if text == "*":
+        return Target("*", False, skip)
+    if star >= 0:
+        # hasses compares up to the '*' and ignores what follows it.
+        return Target(text[:star], True, skip)
+    return Target(text, False, skip)
+
+
+class Subscriber:
+    """The attributes the hub reads and writes on a client (documentation;
+    connections define their own class with these slots)."""
+
+    tokens: tuple = ()
+    everything: bool = False
+    uniq_id: str = ""
+    established: bool = False
+    messages: int = 0
+
+    def deliver(self, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Counters:
+    """hasses' statistics, under the names tcpstatus uses (PROTOCOL.md 6)."""
+
+    maxconncli: int = 0     # highest number of open SSE connections seen
+    msgproccnt: int = 0     # messages taken in
+    msgsendcnt: int = 0     # deliveries, one per recipient
+    handshakes: int = 0     # streams established since start
+    reinits: int = 0        # streams re-initialised
+
+
+class Hub:
+    def __init__(self):
+        self.clients: set = set()      # every open SSE connection
+        self.streams: set = set()      # established ones
+        self._by_token: dict = {}      # token -> set of clients
+        self._everything: set = set()  # clients that subscribed to "*"
+        self.counters = Counters()
+
+    # -- membership ---------------------------------------------------------
+    def connected(self, client) -> None:
+        self.clients.add(client)
+        if len(self.clients) > self.counters.maxconncli:
+            self.counters.maxconncli = len(self.clients)
+
+    def disconnected(self, client) -> None:
+        self.unsubscribe(client)
+        self.clients.discard(client)
+
+    def subscribe(self, client, tokens: Iterable[str], uniq_id: str) -> None:
+        """Make ``client`` an established stream with these subscriptions."""
+        self.unsubscribe(client)
+        tokens = tuple(dict.fromkeys(tokens))
+        client.everything = "*" in tokens
+        client.tokens = tuple(t for t in tokens if t != "*")
+        client.uniq_id = uniq_id
+        for token in client.tokens:
+            self._by_token.setdefault(token, set()).add(client)
+        if client.everything:
+            self._everything.add(client)
+        client.established = True
+        self.streams.add(client)
+        self.counters.handshakes += 1
+
+    def unsubscribe(self, client) -> None:
+        if not client.established:
+            return
+        for token in client.tokens:
+            members = self._by_token.get(token)
+            if members is not None:
+                members.discard(client)
+                if not members:
+                    del self._by_token[token]
+        self._everything.discard(client)
+        self.streams.discard(client)
+        client.established = False
+        client.tokens = ()
+        client.everything = False
+
+    # -- routing ------------------------------------------------------------
+    def recipients(self, target: Target) -> Iterable:
+        """Established clients ``target`` reaches, each once."""
+        if target.token == "*" and not target.prefix:
+            found: Iterable = self.streams
+        elif target.prefix:
+            found = set(self._everything)
+            for token, members in self._by_token.items():
+                if token.startswith(target.token):
+                    found |= members
+        else:
+            members = self._by_token.get(target.token)
+            if not self._everything:
+                found = members or ()
+            elif members is None:
+                found = self._everything
+            else:
+                found = members | self._everything
+        if target.except_ids:
+            skip = target.except_ids
+            return [c for c in found if c.uniq_id not in skip]
+        return found
+
+    def publish(self, targets: Iterable[Target], data: bytes) -> int:
+        """Queue ``data`` (one encoded event) for every recipient; returns
+        how many.  The same bytes object goes to each of them."""
+        self.counters.msgproccnt += 1
+        targets = list(targets)
+        if len(targets) == 1:
+            found = self.recipients(targets[0])
+        else:
+            found = set()
+            for target in targets:
+                found.update(self.recipients(target))
+        count = 0
+        for client in found:
+            client.deliver(data)
+            count += 1
+        self.counters.msgsendcnt += count
+        return count
+
+    # -- questions ----------------------------------------------------------
+    def subscribed_count(self, token: str) -> int:
+        """Clients holding exactly this subscription."""
+        if token == "*":
+            return len(self._everything)
+        return len(self._by_token.get(token, ()))
+
+    def token_count(self) -> int:
+        return len(self._by_token)

@@ -1,0 +1,158 @@
+"""Log output and the texts written to it.
+
+Owns: where lines go (stdout in the foreground, the ``-l`` file in daemon
+mode), the ``YYYY-MM-DD HH:MM:SS pyhasses: `` prefix, the three levels of
+hasses (0 errors and command output, 1 connects and closes, 2 debug), the
+reopen on SIGHUP, and the ``status`` / ``clientlist`` blocks in the seed
+README's format.  Must not touch: the reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+import time
+
+QUIET, NORMAL, DEBUG = 0, 1, 2
+LEVEL_NAMES = {QUIET: "quiet", NORMAL: "normal", DEBUG: "debug"}
+_TO_LOGGING = {QUIET: logging.WARNING, NORMAL: logging.INFO, DEBUG: logging.DEBUG}
+
+
+class Log:
+    """hasses' ``toLog(level, ...)``, on top of ``logging``."""
+
+    def __init__(self, level: int = NORMAL, name: str = "pyhasses"):
+        self._logger = logging.getLogger(name)
+        self._logger.propagate = False
+        self._handler = None
+        self.level = level
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    @level.setter
+    def level(self, value: int) -> None:
+        self._level = value
+        self._logger.setLevel(_TO_LOGGING[value])
+
+    def to_stream(self, stream=None) -> None:
+        self._use(logging.StreamHandler(stream or sys.stdout))
+
+    def to_file(self, path: str) -> None:
+        """Opens (creates) the file now: an unwritable log fails at start."""
+        self._use(logging.handlers.WatchedFileHandler(path, encoding="utf-8"))
+
+    def _use(self, handler: logging.Handler) -> None:
+        handler.setFormatter(logging.Formatter("%(asctime)s pyhasses: %(message)s", "%Y-%m-%d %H:%M:%S"))
+        if self._handler is not None:
+            self._logger.removeHandler(self._handler)
+            self._handler.close()
+        self._handler = handler
+        self._logger.addHandler(handler)
+
+    def reopen(self) -> None:
+        """After logrotate moved the file: write to a new one at the same path."""
+        handler = self._handler
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+                handler._statstream()
+            finally:
+                handler.release()
+
+    def stream_fileno(self):
+        stream = getattr(self._handler, "stream", None)
+        return stream.fileno() if stream is not None and hasattr(stream, "fileno") else None
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._handler.flush()
+
+    # hasses' levels
+    def error(self, msg: str) -> None:
+        self._logger.error(msg)
+
+    def out(self, msg: str) -> None:
+        """Command output: shown at every level, as hasses' level 0."""
+        self._logger.warning(msg)
+
+    def info(self, msg: str) -> None:
+        self._logger.info(msg)
+
+    def debug(self, msg: str) -> None:
+        self._logger.debug(msg)
+
+    @property
+    def debugging(self) -> bool:
+        return self._level >= DEBUG
+
+    def block(self, lines) -> None:
+        for line in lines:
+            self.out(line)
+
+
+def duration(seconds: float) -> str:
+    """hasses' ``diffsec_to_str``: ``HH:MM:SS`` or ``Nday HH:MM:SS``."""
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    hms = f"{h:02d}:{m:02d}:{s:02d}"
+    return f"{d}day {hms}" if d else hms
+
+
+def status_block(info: dict) -> list:
+    """The ``status`` command's text; ``info`` comes from the service."""
+    lines = [
+        "------- status of pyhasses -------",
+        f"Version: {info['version']}",
+        f"Python: {info['python']}",
+        f"Pid: {info['pid']}",
+        f"Uid: {info['uid']} ({info['user'] or 'not set'})",
+        f"Running time: {info['runningtime']}",
+        f"Mode: {info['mode']}",
+    ]
+    lines += info.get("mode_details", [])
+    lines += [
+        f"Loglevel: {info['loglevel']}",
+        f"Reinit allowed: {'yes' if info['reinit'] else 'no'}",
+        f"CORS-base url: {info['cors']}",
+        f"Count of connected clients: {info['allconncli']}",
+        f"Current registred SSE clients: {info['sseconncli']}",
+        f"Maximum number of connections: {info['maxconncli']}",
+        f"Total client handshaked: {info['handshakes']}",
+        f"Total reinit connection: {info['reinits']}",
+        f"Total message processed: {info['msgproccnt']}",
+        f"Total message sent: {info['msgsendcnt']}",
+        "------------- end --------------",
+    ]
+    return lines
+
+
+def client_list_block(clients, now: float = None) -> list:
+    """The ``clientlist`` command's text, one entry per open SSE connection."""
+    now = time.time() if now is None else now
+    lines = ["------- requested client list -------", "List of clients:"]
+    for n, c in enumerate(clients, 1):
+        lines.append(
+            f"#{n} - <{c.fd}> info: {c.peer} S:{c.state_name} Err: 0 Messages: {c.messages} "
+            f"Reinit: {c.reinit_count} SSL:{'Yes' if c.tls_info() else 'No'}"
+        )
+        handshaked = duration(now - c.handshaked_at) if c.handshaked_at else "-"
+        lines.append(
+            f"  Connection time: {duration(now - c.connected_at)}  Handshaked time: {handshaked} UniqId:{c.uniq_id}"
+        )
+        if c.agent:
+            lines.append(f"  Agent: {c.agent}")
+        tls = c.tls_info()
+        if tls:
+            lines.append(f"  {tls}")
+        subs = (["*"] if c.everything else []) + list(c.tokens)
+        lines.append(f"  Subscribes: {','.join(subs)}")
+    lines.append("---------------- end ----------------")
+    return lines

@@ -1,0 +1,172 @@
+"""The one frozen settings object, its defaults and its validation.
+
+Owns: what every option means once parsed, its default, and the one-line
+reason given when a value is unusable.  Must not touch: descriptors, sockets,
+logging handlers.  ``cli.py`` turns argv into the raw values this module
+checks; everything downstream reads a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from typing import Optional
+
+#: Control port listens here unless told otherwise (PROTOCOL.md 5): hasses
+#: accepted publishers from every interface with no authentication.
+LOOPBACK = ("127.0.0.1", "::1")
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A value the daemon cannot start with; its text is the one-line reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A TCP port with the addresses to bind; no address means every one."""
+
+    port: int
+    hosts: tuple = ()
+
+    def describe(self) -> str:
+        if not self.hosts:
+            return f"*:{self.port}"
+        return ", ".join(
+            f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in self.hosts
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the daemon was told at start.  Run-time changes (log level,
+    re-init) live in the objects that own them, not here."""
+
+    sse: Endpoint
+    match_url: str
+    control: Optional[Endpoint] = None
+    fifo: Optional[str] = None
+    fifo_mode: int = 0o660
+    separator: str = ";"
+    loglevel: int = 1
+    logfile: str = "/var/log/pyhasses.log"
+    pidfile: Optional[str] = None
+    ssl: bool = False
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    cors_base: str = "*"
+    reinit: bool = False
+    user: Optional[str] = None
+    nodaemon: bool = False
+    # Limits and timers (PROTOCOL.md 3-5); all have long options.
+    handshake_timeout: float = 20.0
+    stream_lifetime: float = 3600.0
+    max_head_bytes: int = 32 * 1024
+    max_queue_bytes: int = 4 * MIB
+    max_message_bytes: int = MIB
+    max_token_length: int = 128
+    idle_flush: float = 0.5
+
+    @property
+    def max_part_bytes(self) -> int:
+        """A control part holds a token, an ``=`` or JSON around the message;
+        JSON escaping can double it, so the part limit leaves room for that."""
+        return 2 * self.max_message_bytes + 64 * 1024
+
+
+def parse_port(text: str, what: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise SettingsError(f"{what}: not a port number: {text!r}") from None
+    if not 0 < port < 65536:
+        raise SettingsError(f"{what}: port out of range 1-65535: {port}")
+    return port
+
+
+def parse_host(text: str, what: str) -> str:
+    host = text.strip("[]")
+    if host in ("*", ""):
+        return ""
+    if host == "localhost":
+        return "localhost"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise SettingsError(f"{what}: not an IP address: {text!r}") from None
+
+
+def parse_endpoint(text: str, what: str) -> Endpoint:
+    """``8080``, ``127.0.0.1:8080``, ``[::1]:8080`` or ``*:8080``."""
+    if text.isdigit():
+        return Endpoint(parse_port(text, what))
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise SettingsError(f"{what}: expected PORT or ADDRESS:PORT, got {text!r}")
+    return Endpoint(parse_port(port, what), expand_hosts([parse_host(host, what)]))
+
+
+def expand_hosts(hosts) -> tuple:
+    """``localhost`` means both loopbacks; the empty host means every address."""
+    out = []
+    for host in hosts:
+        if host == "":
+            return ()
+        out.extend(LOOPBACK if host == "localhost" else [host])
+    return tuple(dict.fromkeys(out))
+
+
+def parse_size(text: str, what: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+    units = {"k": 1024, "m": MIB, "g": 1024 * MIB}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(t[-1:], 1)
+    if scale != 1:
+        t = t[:-1]
+    try:
+        value = int(float(t) * scale)
+    except ValueError:
+        raise SettingsError(f"{what}: not a size: {text!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{what}: must be positive: {text!r}")
+    return value
+
+
+def parse_seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{what}: not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{what}: must be positive: {text!r}")
+    return value
+
+
+def validate(s: Settings) -> Settings:
+    """Raise SettingsError with the first problem found, else return ``s``."""
+    if not s.match_url:
+        raise SettingsError("missing -murl=PATH (the URL path SSE clients request)")
+    if not s.match_url.startswith("/"):
+        raise SettingsError(f"-murl must start with '/': {s.match_url!r}")
+    if s.control is None and not s.fifo:
+        raise SettingsError("need a control channel: -cp=PORT and/or -fifo=PATH")
+    for flag, path in (("-fifo", s.fifo), ("-l", s.logfile), ("-pidfile", s.pidfile)):
+        if path and not os.path.isabs(path):
+            raise SettingsError(f"{flag} needs an absolute path: {path!r}")
+    if len(s.separator) != 1 or s.separator in "\r\n={":
+        raise SettingsError(f"-sep must be one character other than CR, LF, '=' and '{{': {s.separator!r}")
+    if s.ssl and not (s.cert_file and s.key_file):
+        raise SettingsError("-ssl needs -cert-file=PEM and -privatekey-file=PEM")
+    if s.max_message_bytes < MIB:
+        raise SettingsError("--max-message-bytes must be at least 1M")
+    if s.max_token_length < 128:
+        raise SettingsError("--max-token-length must be at least 128")
+    if s.max_queue_bytes < 64 * 1024:
+        raise SettingsError("--max-queue-bytes must be at least 64K")
+    if s.idle_flush > 5:
+        raise SettingsError("--idle-flush must be at most 5 seconds")
+    if s.max_head_bytes < 1024:
+        raise SettingsError("--max-head-bytes must be at least 1K")
+    return s

@@ -1,0 +1,289 @@
+"""Test helpers: the real daemon as a subprocess on free loopback ports, and
+raw-socket clients for its SSE port and control port.
+
+Everything here is bounded in time: every wait has a deadline and every
+process started is ended by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+
+
+def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pyhasses_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Daemon:
+    """``pyhasses -nodaemon`` on free ports; ``stop()`` ends it by its pid."""
+
+    def __init__(self, tmp_path, *extra, fifo=False, control=True, murl="/sse", args=None, start=True,
+                 wait_ready=True):
+        self.tmp = Path(tmp_path)
+        self.port = free_port()
+        self.cport = free_port() if control else None
+        self.fifo = str(self.tmp / "fifo") if fifo else None
+        self.murl = murl
+        self.logpath = self.tmp / f"daemon-{self.port}.log"
+        if args is None:
+            args = ["-nodaemon", f"-p={self.port}", f"-murl={murl}"]
+            if self.cport:
+                args.append(f"-cp={self.cport}")
+            if self.fifo:
+                args.append(f"-fifo={self.fifo}")
+        self.args = list(args) + list(extra)
+        self.proc = None
+        if start:
+            self.start(wait_ready)
+
+    def start(self, wait_ready=True):
+        self._logf = open(self.logpath, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyhasses", *self.args],
+            stdout=self._logf, stderr=subprocess.STDOUT, env=pyhasses_env(), cwd=str(self.tmp),
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=10.0):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.cport or self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, what="the daemon to listen")
+        if self.fifo:
+            wait_until(lambda: os.path.exists(self.fifo), timeout, what="the FIFO")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.logpath.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout=5.0):
+        return wait_until(lambda: re.search(pattern, self.log()), timeout, what=f"log line {pattern!r}")
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout=10.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("daemon did not stop on SIGTERM")
+        finally:
+            self._logf.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    # -- clients ------------------------------------------------------------
+    def sse(self, subscribe="room1", uniq=None, host="127.0.0.1", **kw) -> "SseClient":
+        query = f"subscribe={subscribe}" + (f"&id={uniq}" if uniq else "")
+        client = SseClient(host, self.port, **kw)
+        client.request(f"GET {self.murl}?{query} HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+        client.read_handshake()
+        return client
+
+    def control(self, text: str, timeout=5.0, expect_reply=False) -> bytes:
+        """Send on a new control connection, half-close, read until closed."""
+        with socket.create_connection(("127.0.0.1", self.cport), timeout=timeout) as s:
+            s.sendall(text.encode() if isinstance(text, str) else text)
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return data
+
+    def control_json(self, command: str) -> dict:
+        reply = self.control(command + "\n")
+        return json.loads(reply.decode())
+
+    def publish_fifo(self, text: str):
+        fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    def wait_clients(self, n: int, established=True, timeout=5.0):
+        key = "sseconncli" if established else "allconncli"
+        wait_until(lambda: self.control_json("tcpstatus")[key] == n, timeout, what=f"{key} == {n}")
+
+
+class SseClient:
+    """A raw-socket SSE client that undoes the chunked framing itself."""
+
+    def __init__(self, host, port, timeout=5.0, family=None):
+        family = family or (socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
+        self.buf = b""
+        self.head = b""
+
+    def request(self, text):
+        self.sock.sendall(text.encode() if isinstance(text, str) else text)
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no data before the deadline")
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("connection closed")
+        self.buf += data
+
+    def read_head(self, timeout=5.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buf:
+            self._fill(deadline)
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.head = head + b"\r\n\r\n"
+        return self.head
+
+    def read_handshake(self, timeout=5.0) -> bytes:
+        head = self.read_head(timeout)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        return head
+
+    def read_chunk(self, timeout=5.0) -> bytes:
+        """One chunk's payload; b"" for the last chunk."""
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in self.buf:
+            self._fill(deadline)
+        size_line, _, rest = self.buf.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        while len(rest) < size + 2:
+            self._fill(deadline)
+            size_line, _, rest = self.buf.partition(b"\r\n")
+        assert rest[size:size + 2] == b"\r\n", rest[size:size + 10]
+        self.buf = rest[size + 2:]
+        return rest[:size]
+
+    def read_event(self, timeout=5.0) -> dict:
+        """The next event (comments skipped) as a dict of fields; ``data``
+        joined with LF as a browser does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            payload = self.read_chunk(max(0.01, deadline - time.monotonic()))
+            if payload == b"":
+                raise EOFError("stream ended")
+            event = parse_event(payload)
+            if event:
+                return event
+
+    def read_events(self, n, timeout=5.0) -> list:
+        deadline = time.monotonic() + timeout
+        return [self.read_event(max(0.01, deadline - time.monotonic())) for _ in range(n)]
+
+    def expect_nothing(self, wait=0.3):
+        """Assert no bytes arrive within ``wait`` seconds."""
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            return
+        raise AssertionError(f"unexpected bytes: {self.buf + data!r}")
+
+    def read_until_closed(self, timeout=5.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._fill(deadline)
+        except EOFError:
+            return self.buf
+        except ConnectionResetError:
+            return self.buf
+
+    def close(self):
+        self.sock.close()
+
+
+def parse_event(payload: bytes) -> dict:
+    """SSE fields of one event; repeated ``data`` lines joined with LF."""
+    text = payload.decode("utf-8")
+    fields: dict = {}
+    data = []
+    for line in text.split("\n"):
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        else:
+            fields[name] = value
+    if data:
+        fields["data"] = "\n".join(data)
+    return fields
+
+
+def raw_exchange(host, port, data: bytes, timeout=5.0) -> bytes:
+    """Send ``data``, read until the server closes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.sendall(data)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
