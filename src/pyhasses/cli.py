@@ -107,6 +107,14 @@ OPTIONS = (
     Option((), "--idle-flush", "idle_flush", "SECONDS",
            "take an unterminated control part as complete after this idle time (default 0.5)",
            lambda t: parse_seconds(t, "--idle-flush")),
+
+    # -- TLS (issue 3) --
+
+    # -- service: daemon mode, config file (issue 4) --
+
+    # -- delivery: history, heartbeats, caps (issue 5) --
+
+    # -- end of options --
 )
 
 HELP_SWITCHES = {"-h", "-help", "--help"}

@@ -69,6 +69,14 @@ class Settings:
     max_token_length: int = 128
     idle_flush: float = 0.5
 
+    # -- TLS (issue 3) --
+
+    # -- service: daemon mode, config file (issue 4) --
+
+    # -- delivery: history, heartbeats, caps (issue 5) --
+
+    # -- end of fields --
+
     @property
     def max_part_bytes(self) -> int:
         """A control part holds a token, an ``=`` or JSON around the message;
