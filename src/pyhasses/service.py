@@ -105,8 +105,9 @@ class Daemon:
     def _new_control_client(self, sock, peer):
         return ControlClient(self, sock, peer)
 
-    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int]) -> None:
-        """Build the reactor (after any fork) and run until a signal stops it."""
+    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], ready=None) -> None:
+        """Build the reactor (after any fork) and run until a signal stops it;
+        ``ready()`` is called once every descriptor is registered."""
         self.reactor = Reactor(on_error=self.log.error)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
@@ -117,6 +118,8 @@ class Daemon:
         if fifo_fd is not None:
             self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
+        if ready is not None:
+            ready()
         self.reactor.run()
         self.shutdown()
 
@@ -296,31 +299,25 @@ def run(settings: Settings) -> int:
     except StartError as exc:
         return _fail(log, str(exc), opened)
 
-    daemon_context = None
+    daemon_context = report = None
     if not settings.nodaemon:
         from .daemonize import detach
 
-        try:
-            daemon_context = detach(settings, preserve=opened + [log.stream_fileno()])
-        except StartError as exc:
-            return _fail(log, str(exc), opened)
-    elif settings.user:
-        from .daemonize import drop_privileges
-
-        try:
-            drop_privileges(settings.user)
-        except StartError as exc:
-            return _fail(log, str(exc), opened)
-
-    daemon = Daemon(settings, log)
+        daemon_context, report = detach(opened + [log.stream_fileno()], settings.logfile)
     try:
+        if settings.user:
+            from .daemonize import drop_privileges
+
+            drop_privileges(settings.user)
         pidfile.write()
     except StartError as exc:
-        return _fail(log, str(exc), opened)
+        return _fail(log, str(exc), opened, report)
+
+    daemon = Daemon(settings, log)
     log.info("=== daemon starting ===")
     log.info(f"Pid: {os.getpid()}")
     try:
-        daemon.serve(sse_socks, control_socks, fifo_fd)
+        daemon.serve(sse_socks, control_socks, fifo_fd, ready=report.ready if report else None)
     finally:
         pidfile.remove(log)
         log.close()
@@ -341,14 +338,17 @@ def _is_loopback(sock: socket.socket) -> bool:
     return host.startswith("127.") or host == "::1"
 
 
-def _fail(log: Log, reason: str, opened: list) -> int:
+def _fail(log: Log, reason: str, opened: list, report=None) -> int:
     for item in opened:
         try:
             item.close() if hasattr(item, "close") else os.close(item)
         except OSError:
             pass
     log.error(f"Error: {reason}. Exiting...")
-    print(f"pyhasses: {reason}", file=sys.stderr)
+    if report is not None:
+        report.failed(reason)  # stderr is /dev/null once detached
+    else:
+        print(f"pyhasses: {reason}", file=sys.stderr)
     return EXIT_FAILURE
 
 
