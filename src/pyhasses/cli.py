@@ -13,7 +13,7 @@ import pwd
 import sys
 from typing import Callable, Optional
 
-from . import __version__
+from . import __version__, config
 from .settings import (
     Endpoint,
     Settings,
@@ -111,6 +111,8 @@ OPTIONS = (
     # -- TLS (issue 3) --
 
     # -- service: daemon mode, config file (issue 4) --
+    Option(("-config",), "--config", "config", "FILE",
+           "read options from FILE, one per line as in hasses.conf; the command line wins"),
 
     # -- delivery: history, heartbeats, caps (issue 5) --
 
@@ -227,6 +229,14 @@ def build_settings(raw: dict) -> Settings:
     return validate(Settings(sse=sse, control=control, **raw))
 
 
+def with_config_file(raw: dict) -> dict:
+    """The options of ``-config=FILE`` under those of the command line."""
+    if "config" not in raw:
+        return raw
+    raw = dict(raw)
+    return {**config.load(raw.pop("config"), parse_args, UsageError), **raw}
+
+
 def main(argv=None) -> int:
     from . import service
 
@@ -239,7 +249,10 @@ def main(argv=None) -> int:
         if raw.get("version"):
             print(f"pyhasses {__version__}")
             return 0
-        settings = build_settings(raw)
+        settings = build_settings(with_config_file(raw))
+    except config.ConfigError as exc:
+        print(f"pyhasses: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except UsageError as exc:
         print(f"pyhasses: {exc}", file=sys.stderr)
         return exc.status
