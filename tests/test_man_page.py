@@ -1,0 +1,63 @@
+"""man/pyhasses.8 stays in step with the code: every option and command is
+documented, and man renders the page without a warning."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pyhasses import __version__
+from pyhasses.cli import COMMANDS_HELP, OPTIONS
+
+MAN_PAGE = Path(__file__).resolve().parent.parent / "man" / "pyhasses.8"
+
+
+def roff(name: str) -> str:
+    return name.replace("-", r"\-")
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    if not MAN_PAGE.exists():
+        pytest.skip(f"{MAN_PAGE} is not part of this tree")
+    return MAN_PAGE.read_text()
+
+
+def test_every_option_is_documented(page):
+    missing = [name for opt in OPTIONS for name in (opt.long, *opt.legacy)
+               if not re.search(re.escape(roff(name)) + r"(?![\w\\])", page)]
+    assert missing == []
+
+
+def test_every_control_command_is_documented(page):
+    commands = set(re.findall(r'^\s+"([a-z_]+)(?::<sub>)?"', COMMANDS_HELP, re.M))
+    commands |= set(re.findall(r'\| "([a-z_]+)"', COMMANDS_HELP))
+    assert {"status", "tcpstatus", "loglevel_debug", "reinit_disable", "tcpsubscribedclients"} <= commands
+    missing = [c for c in sorted(commands) if not re.search(rf"\b{c}\b", page)]
+    assert missing == []
+
+
+def test_page_names_this_version(page):
+    assert f'"pyhasses {__version__}"' in page.splitlines()[2]
+
+
+def test_sections_an_operator_looks_for(page):
+    for section in ("SYNOPSIS", "OPTIONS", '"CONFIG FILE"', '"CONTROL CHANNELS"', "SIGNALS",
+                    '"EXIT STATUS"', "FILES", "EXAMPLES"):
+        assert re.search(rf"^\.SH {section}$", page, re.M), section
+
+
+def test_man_renders_without_warnings(page):
+    if shutil.which("man") is None:
+        pytest.skip("man is not installed (scripts/deps.d/service.sh installs man-db)")
+    env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
+    done = subprocess.run(["man", "--warnings", "-l", str(MAN_PAGE)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0
+    assert done.stderr == ""
+    assert "pyhasses - Server-Sent Events notification daemon" in done.stdout
