@@ -320,3 +320,32 @@ def test_user_drop_in_the_foreground(tmp_path, user_dir):
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out
     assert not (workdir / "fg.pid").exists()
+
+
+def test_log_the_user_cannot_reopen_keeps_the_daemon_serving(daemon_run, user_dir, tmp_path):
+    """-user=www-data with the log in root's /var/log is hasses' common set-up:
+    after logrotate the dropped user cannot create the new file.  The lines go
+    on to the old file, which says why, and nothing else changes."""
+    workdir, entry = user_dir
+    logdir = Path(tempfile.mkdtemp(prefix="pyhasses-rootlog-"))
+    try:
+        os.chmod(logdir, 0o755)  # root's, like /var/log
+        run = daemon_run(f"-user={entry.pw_name}", workdir=workdir)
+        run.args = [a for a in run.args if not a.startswith("-l=")] + [f"-l={logdir / 'pyhasses.log'}"]
+        run.logfile = logdir / "pyhasses.log"
+        done = run.start()
+        assert done.returncode == 0, done.stderr
+        rotated = logdir / "pyhasses.log.1"
+        run.logfile.rename(rotated)
+        os.kill(run.pid, signal.SIGHUP)
+        client = sse_get(run.port, "room1")
+        recv_until(client, b"\r\n\r\n")
+        run.control("room1=still here\n")
+        recv_until(client, b"data: still here\n")
+        client.close()
+        wait_until(lambda: "Connect from" in rotated.read_text(), 5, what="lines in the old file")
+        assert "cannot reopen log file" in rotated.read_text()
+        assert not process_gone(run.pid)
+        run.stop()
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)

@@ -11,12 +11,54 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 import time
 
 QUIET, NORMAL, DEBUG = 0, 1, 2
 LEVEL_NAMES = {QUIET: "quiet", NORMAL: "normal", DEBUG: "debug"}
 _TO_LOGGING = {QUIET: logging.WARNING, NORMAL: logging.INFO, DEBUG: logging.DEBUG}
+
+
+class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
+    """The ``-l`` file, reopened when logrotate moved it, without ever
+    raising.  After the drop to ``-user`` the daemon may be unable to create
+    the new file (hasses' usual set-up: a log in root's /var/log): then lines
+    go on to the old file, which says why once, instead of every log call
+    raising into the connection that made it."""
+
+    _failure = ""
+
+    def reopenIfNeeded(self) -> None:
+        try:
+            st = os.stat(self.baseFilename)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            self.reopen()
+
+    def reopen(self) -> None:
+        try:
+            stream = self._open()
+        except OSError as exc:
+            self._note_failure(f"cannot reopen log file {self.baseFilename}: {exc.strerror}; still writing here")
+            return
+        old, self.stream = self.stream, stream
+        self._statstream()
+        self._failure = ""
+        if old is not None:
+            old.close()
+
+    def _note_failure(self, text: str) -> None:
+        if text == self._failure or self.stream is None:
+            return
+        self._failure = text
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            self.stream.write(f"{stamp} pyhasses: {text}\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 class Log:
@@ -42,7 +84,7 @@ class Log:
 
     def to_file(self, path: str) -> None:
         """Opens (creates) the file now: an unwritable log fails at start."""
-        self._use(logging.handlers.WatchedFileHandler(path, encoding="utf-8"))
+        self._use(ReopeningFileHandler(path, encoding="utf-8"))
 
     def _use(self, handler: logging.Handler) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s pyhasses: %(message)s", "%Y-%m-%d %H:%M:%S"))
@@ -55,13 +97,10 @@ class Log:
     def reopen(self) -> None:
         """After logrotate moved the file: write to a new one at the same path."""
         handler = self._handler
-        if isinstance(handler, logging.handlers.WatchedFileHandler):
+        if isinstance(handler, ReopeningFileHandler):
             handler.acquire()
             try:
-                if handler.stream:
-                    handler.stream.close()
-                handler.stream = handler._open()
-                handler._statstream()
+                handler.reopen()
             finally:
                 handler.release()
 
