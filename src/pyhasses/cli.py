@@ -208,6 +208,7 @@ def build_settings(raw: dict) -> Settings:
     if "port" not in raw:
         raise SettingsError("missing -p=PORT (the SSE listening port)")
     sse: Endpoint = raw.pop("port")
+    raw.setdefault("match_url", "")
     if "bind" in raw:
         sse = Endpoint(sse.port, expand_hosts([raw.pop("bind")]))
     control = raw.pop("control", None)
