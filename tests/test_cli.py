@@ -100,3 +100,7 @@ def test_foreground_log_levels_on_stdout(daemon_factory, flag, connect_line, deb
     assert ("Connect from 127.0.0.1" in out) == connect_line
     assert ("SSE connection OK" in out) == debug_line
     assert "pyhasses: " in out
+
+
+def test_separator_takes_first_character():
+    assert build_settings(parse_args(["-p=1", "-murl=/s", "-cp=2", "-sep=|;"])).separator == "|"

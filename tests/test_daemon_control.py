@@ -177,6 +177,7 @@ def test_tcp_commands_on_fifo_are_not_answered(daemon):
 
 
 def test_control_port_loopback_by_default(daemon):
+    daemon.wait_log(r"Control port listens on 127.0.0.1:\d+, \[::1\]:\d+ \(loopback only\)")
     conns = open("/proc/net/tcp").read() + open("/proc/net/tcp6").read()
     port_hex = f":{daemon.cport:04X} "
     local = [line.split()[1] for line in conns.splitlines()[1:] if port_hex in line.split()[1] + " "
