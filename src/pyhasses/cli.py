@@ -221,7 +221,6 @@ def build_settings(raw: dict) -> Settings:
             control = Endpoint(control.port, expand_hosts([control_bind]))
         elif not control.hosts:
             control = Endpoint(control.port, expand_hosts(["localhost"]))
-    raw.setdefault("match_url", "")  # validate() names the missing -murl
     user = raw.get("user")
     if user is not None:
         try:
