@@ -204,8 +204,13 @@ def open_fifo(path: str, mode: int) -> int:
     """Create the FIFO if missing (mode as given, not world-writable by
     default) and open it read-write, so writers closing never end it."""
     try:
-        os.mkfifo(path, mode)
-        os.chmod(path, mode)  # the umask must not change what the operator asked
+        # The FIFO appears with the mode asked, never first with the umask's
+        # (a publisher or a test may look at it the moment it exists).
+        old_umask = os.umask(0)
+        try:
+            os.mkfifo(path, mode)
+        finally:
+            os.umask(old_umask)
     except FileExistsError:
         if not stat.S_ISFIFO(os.stat(path).st_mode):
             raise StartError(f"-fifo={path} exists and is not a FIFO")
