@@ -272,7 +272,7 @@ def user_dir():
 
 def test_user_drop_after_binding_a_privileged_port(daemon_run, user_dir):
     workdir, entry = user_dir
-    run = daemon_run(f"-user={entry.pw_name}", workdir=workdir)
+    run = daemon_run(f"-user={entry.pw_name}", f"-fifo={workdir / 'fifo'}", workdir=workdir)
     run.port = free_privileged_port()
     run.args[0] = f"-p=127.0.0.1:{run.port}"
     done = run.start()
@@ -287,11 +287,17 @@ def test_user_drop_after_binding_a_privileged_port(daemon_run, user_dir):
     assert 0 not in groups and grp.getgrgid(0).gr_name not in {g.gr_name for g in grp.getgrall()
                                                                if g.gr_gid in groups}
     assert run.pidfile.stat().st_uid == entry.pw_uid
+    fifo = workdir / "fifo"
+    assert (fifo.stat().st_uid, fifo.stat().st_gid) == (entry.pw_uid, entry.pw_gid)
 
     client = sse_get(run.port, "room1")
     recv_until(client, b"\r\n\r\n")
     run.control("room1=as nobody\n")
     recv_until(client, b"data: as nobody\n")
+    # A publisher running as the same user (PHP as www-data) writes the FIFO.
+    subprocess.run(["sh", "-c", f"echo room1=through the fifo > {fifo}"], user=entry.pw_uid,
+                   group=entry.pw_gid, extra_groups=[], check=True, timeout=10)
+    recv_until(client, b"data: through the fifo\n")
     client.close()
 
     # The log was opened as root; after rotation the new one is the user's.

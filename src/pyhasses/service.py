@@ -301,9 +301,14 @@ def run(settings: Settings) -> int:
                 log.info(f"Control port listens on {where} (loopback only)")
             else:
                 log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
+        fifo_is_new = bool(settings.fifo) and not os.path.lexists(settings.fifo)
         fifo_fd = open_fifo(settings.fifo, settings.fifo_mode) if settings.fifo else None
         if fifo_fd is not None:
             opened.append(fifo_fd)
+        if fifo_is_new and settings.user:
+            from .daemonize import give_to_user
+
+            give_to_user(settings.fifo, settings.user)
     except StartError as exc:
         return _fail(log, str(exc), opened)
 
