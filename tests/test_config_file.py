@@ -143,3 +143,21 @@ def test_daemon_serves_from_a_config_file(tmp_path):
             socket.create_connection(("127.0.0.1", 1), timeout=1).close()
     finally:
         assert d.stop() == 0
+
+
+def test_the_packaged_config_is_a_working_config():
+    """conf/pyhasses.conf, installed as /etc/pyhasses/pyhasses.conf."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parent.parent / "conf" / "pyhasses.conf"
+    if not conf.exists():
+        pytest.skip(f"{conf} is not part of this tree")
+    s = settings_for(f"-config={conf}", "-nodaemon")
+    assert s.sse == Endpoint(8080) and s.match_url == "/sse"
+    assert s.fifo == "/run/pyhasses/fifo" and s.pidfile == "/run/pyhasses/pyhasses.pid"
+    assert s.logfile == "/var/log/pyhasses/pyhasses.log"
+    assert s.user is None and s.control is None and not s.ssl
+    # Every commented-out option in it is one pyhasses knows.
+    for line in conf.read_text().splitlines():
+        if line.startswith("#-"):
+            parse_args([line[1:]])

@@ -77,6 +77,8 @@ say "build tests ran with Debian's httptools $(python3 -c 'import httptools; pri
 VERSION=$(cd "$WORK/src" && dpkg-parsechangelog -S Version)
 DEB="$WORK/pyhasses_${VERSION}_all.deb"
 [ -f "$DEB" ] || fail "no $DEB"
+stray=$(dpkg-deb -c "$DEB" | grep -E 'dist-packages/(man|conf|tests)/' || true)
+[ -z "$stray" ] || fail "test-only files in the package: $stray"
 say "built $(basename "$DEB")"
 
 lintian --fail-on error "$DEB" >"$WORK/lintian.log" 2>&1 || { cat "$WORK/lintian.log"; fail "lintian reports errors"; }
