@@ -149,6 +149,31 @@ DPID=""
 rm -rf /run/pyhasses   # systemd removes RuntimeDirectory on stop
 say "stopped cleanly"
 
+# -- daemon mode as a sysvinit script would start it, and logrotate ---------------
+if command -v logrotate >/dev/null; then
+    install -d -o "$USER_" -g "$USER_" -m 0750 /run/pyhasses
+    LOG=/var/log/pyhasses/pyhasses.log
+    timeout 60 /usr/bin/pyhasses -config=/etc/pyhasses/pyhasses.conf -user="$USER_" --port "127.0.0.1:$PORT" \
+        || fail "daemon mode did not start"
+    DPID=$(cat /run/pyhasses/pyhasses.pid)
+    [ "$(ps -o user= -p "$DPID")" = "$USER_" ] || fail "the daemon does not run as $USER_"
+    grep -q "pyhasses: pyhasses .* serving SSE" "$LOG" || fail "no serving line in $LOG"
+    timeout 60 logrotate -f -s "$WORK/logrotate.state" /etc/logrotate.d/pyhasses || fail "logrotate"
+    [ -f "$LOG.1" ] || fail "logrotate did not rotate $LOG"
+    reopened() { grep -q "SIGHUP: log file reopened" "$LOG"; }
+    wait_for 10 "the daemon to reopen $LOG after logrotate's HUP" reopened
+    echo 'status' >/run/pyhasses/fifo
+    status_logged() { grep -q "status of pyhasses" "$LOG"; }
+    wait_for 10 "the status block in the new log" status_logged
+    kill -TERM "$DPID"
+    gone() { ! kill -0 "$DPID" 2>/dev/null || grep -q '^State:.*Z' "/proc/$DPID/status"; }
+    wait_for 10 "the daemon to end" gone
+    DPID=""
+    [ ! -e /run/pyhasses/pyhasses.pid ] || fail "pid file left after SIGTERM"
+    rm -rf /run/pyhasses
+    say "daemon mode: logrotate moved the log and the HUP made the daemon write a new one"
+fi
+
 # -- remove, purge, and what is left ----------------------------------------------
 timeout 300 apt-get $APT remove -y -qq pyhasses >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log"; fail "apt-get remove"; }
 [ ! -e /usr/bin/pyhasses ] || fail "/usr/bin/pyhasses left after remove"
