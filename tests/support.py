@@ -212,15 +212,17 @@ class SseClient:
         return rest[:size]
 
     def read_event(self, timeout=5.0) -> dict:
-        """The next event (comments skipped) as a dict of fields; ``data``
-        joined with LF as a browser does."""
+        """The next event a browser would dispatch, as a dict of fields;
+        ``data`` joined with LF as a browser does.  Comments and blocks
+        without data (such as a lone ``retry:`` hint) are skipped, as a
+        browser skips them."""
         deadline = time.monotonic() + timeout
         while True:
             payload = self.read_chunk(max(0.01, deadline - time.monotonic()))
             if payload == b"":
                 raise EOFError("stream ended")
             event = parse_event(payload)
-            if event:
+            if "data" in event:
                 return event
 
     def read_events(self, n, timeout=5.0) -> list:
