@@ -367,9 +367,12 @@ class SseClient(Connection):
         (whole chunks, never the one being sent), and put one ``reset``
         event where they were, so the page knows it missed some."""
         outbox = self.outbox
-        held = outbox.unsent(1)
+        # Never drop the head (it may be partly sent) nor bytes already
+        # sealed by TLS (a TLS client keeps ``_cipher_chunks`` of them).
+        first = max(1, getattr(self, "_cipher_chunks", 0))
+        held = outbox.unsent(first)
         pending_reset = held if held is not None and held is self._reset_chunk else None
-        keep = 2 if pending_reset is not None else 1
+        keep = first + 1 if pending_reset is not None else first
         room = len(data) + 160  # the reset event's own bytes
         dropped = len(outbox.drop_oldest(keep, room))
         if outbox._size + room > outbox.limit:
@@ -382,7 +385,7 @@ class SseClient(Connection):
             self.ctx.hub.counters.resets += 1
         self._dropped_since_reset += dropped
         self._reset_chunk = delivery.reset_event(self.ctx.history.oldest, "dropped", self._dropped_since_reset)
-        outbox.put(1, self._reset_chunk, replace=pending_reset is not None)
+        outbox.put(first, self._reset_chunk, replace=pending_reset is not None)
         if data is not None:
             outbox.append(data)
             self.messages += 1
