@@ -129,6 +129,7 @@ def test_retry_hint_with_jitter_follows_the_handshake(daemon_factory):
     hints = set()
     for _ in range(8):
         c = d.sse("t")
+        assert b"\r\nX-Accel-Buffering: no\r\n" in c.head
         payload = c.read_chunk()
         m = re.fullmatch(rb"retry: (\d+)\n\n", payload)
         assert m, payload
@@ -208,11 +209,18 @@ def test_drain_spreads_closes_over_the_period_and_exits_0(daemon_factory, tmp_pa
     d.wait_clients(8)
     sent = time.monotonic()
     d.signal(signal.SIGTERM)
+    d.wait_log("Draining 8 stream", timeout=3)
+    # The loop keeps serving while it drains: publishers still reach the
+    # streams that remain, and no new stream is taken.
+    d.control("t=during the drain\n")
+    with pytest.raises(OSError):
+        d.sse("t")
     ended = []
     for c in clients:
         tail = c.read_until_closed(timeout=6)
         assert tail.endswith(b"0\r\n\r\n"), tail
         ended.append(time.monotonic() - sent)
+    assert b"during the drain" in tail  # the last stream got it before its end
     # Connections are read in connection order, oldest closes first.
     assert ended[0] < 1.0, ended
     assert ended[-1] > 1.3, ended
@@ -368,10 +376,31 @@ def test_tcpmetrics_and_metrics_port_serve_the_same_counters(daemon_factory):
                 "pyhasses_history_events", "pyhasses_connections"):
         assert served[key] == values[key], key
     assert raw_exchange("127.0.0.1", mport, b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
-    # loopback only by default
-    with socket.socket() as s:
-        s.settimeout(2)
-        assert s.connect_ex(("127.0.0.1", mport)) == 0
+    # loopback only by default: every listening socket on that port is
+    assert listening_addresses(mport) <= {"127.0.0.1", "::1"}
+    assert "127.0.0.1" in listening_addresses(mport)
+
+
+def listening_addresses(port):
+    """Local addresses with a socket listening on ``port`` (/proc/net)."""
+    import ipaddress
+
+    found = set()
+    for name, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            addr, hexport = fields[1].split(":")
+            if fields[3] != "0A" or int(hexport, 16) != port:
+                continue
+            raw = bytes.fromhex(addr)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(raw)))
+    return found
 
 
 def parse_prometheus(text):
