@@ -373,7 +373,7 @@ class SseClient(Connection):
         held = outbox.unsent(first)
         pending_reset = held if held is not None and held is self._reset_chunk else None
         keep = first + 1 if pending_reset is not None else first
-        room = len(data) + 160  # the reset event's own bytes
+        room = len(data) + delivery.RESET_ROOM
         dropped = len(outbox.drop_oldest(keep, room))
         if outbox._size + room > outbox.limit:
             dropped += 1  # this event alone does not fit
@@ -454,7 +454,7 @@ class MetricsClient(Connection):
     kind = "metrics client"
 
     def __init__(self, ctx, sock: socket.socket, peer: str, render):
-        super().__init__(ctx, sock, peer, 64 * 1024 * 1024)
+        super().__init__(ctx, sock, peer, 1024 * 1024)  # the text is a few KB
         self.render = render
         self.reader = http.RequestReader(ctx.settings.max_head_bytes)
         self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self.close, "no request in time", True)

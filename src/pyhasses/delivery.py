@@ -31,6 +31,9 @@ from .sse import chunk, comment_chunk
 
 #: What an idle stream gets every heartbeat period.
 HEARTBEAT = comment_chunk()
+#: Room kept for a ``dropped`` reset event when making room in a queue
+#: (its JSON with an id and a count is about a hundred bytes).
+RESET_ROOM = 160
 #: Drain steps are at least this far apart.
 DRAIN_STEP = 0.05
 
