@@ -124,6 +124,23 @@ def test_after_a_restart_the_old_id_gets_a_reset(daemon_factory):
     assert c.read_event()["data"] == "after"
 
 
+def test_a_backlog_larger_than_the_queue_is_trimmed_not_fatal(daemon_factory):
+    d = daemon_factory("--max-queue-bytes", "64K")
+    first = publish_ack(d, "t", "first")
+    d.control("".join(f"t=#{i} {'b' * 1000}\n" for i in range(100)))  # ~100 KB missed
+    c = open_stream(d, "t", last_id=first)
+    reset = c.read_event()
+    assert reset["event"] == "reset"
+    info = json.loads(reset["data"])
+    assert info["reason"] == "dropped" and info["oldest"] == first
+    kept = [int(e["data"][1:].split()[0]) for e in c.read_events(100 - info["dropped"])]
+    assert kept == list(range(info["dropped"], 100))  # the newest, in order
+    assert 30 < len(kept) < 64
+    d.control("t=live")
+    assert c.read_event()["data"] == "live"
+    assert d.control_json("tcpstatus")["droppedclients"] == 0
+
+
 def test_retry_hint_with_jitter_follows_the_handshake(daemon_factory):
     d = daemon_factory("--retry", "1000")
     hints = set()

@@ -15,8 +15,9 @@ and should reload its state.  Its data is one JSON object::
 ``oldest`` is the oldest event id the daemon still holds (``null`` when it
 holds none); ``reason`` is ``too-old`` (the client's Last-Event-ID is older
 than the history), ``unknown-id`` (an id this daemon never gave out) or
-``dropped`` (the client read too slowly and its oldest queued events were
-dropped; ``dropped`` then says how many).
+``dropped`` (the client read too slowly, or what it missed did not fit its
+write queue, and its oldest events were dropped; ``dropped`` then says how
+many).
 """
 
 from __future__ import annotations
@@ -72,19 +73,35 @@ def replay(client, last_id: str, history: History, hub, last_issued: int, now_id
     """Queue for ``client`` (subscribed a moment ago) what it missed since
     ``last_id``: a reset first when the history cannot tell, then the held
     events that would have reached it, oldest first.  Runs before any later
-    publish can queue a live event, so nothing is doubled or skipped."""
+    publish can queue a live event, so nothing is doubled or skipped.
+
+    A backlog larger than the client's write queue would get it closed as
+    too slow on every reconnect: then only the newest events that fit are
+    sent, after a ``dropped`` reset saying how many were left out."""
     resume = history.since(last_id, last_issued, now_id)
     if resume.needs_reset:
         newest = last_issued if resume.kind != "too-old" else None
         client.write(reset_event(resume.oldest, resume.kind, event_id=newest))
         hub.counters.resets += 1
-    sent = 0
-    for held in resume.events:
-        if hub.reaches(client, held.targets):
-            client.deliver(held.data)
-            sent += 1
-    hub.counters.replayed += sent
+    missed = [held.data for held in resume.events if hub.reaches(client, held.targets)]
+    skipped = _over_room(missed, client.outbox.limit - len(client.outbox) - 2 * RESET_ROOM)
+    if skipped and not resume.needs_reset:
+        client.write(reset_event(resume.oldest, "dropped", skipped))
+        hub.counters.resets += 1
+    for data in missed[skipped:]:
+        client.deliver(data)
+    hub.counters.replayed += len(missed) - skipped
     return resume
+
+
+def _over_room(chunks: list, room: int) -> int:
+    """How many of the oldest ``chunks`` to leave out so the rest fit."""
+    total = sum(map(len, chunks))
+    skipped = 0
+    while skipped < len(chunks) and total > room:
+        total -= len(chunks[skipped])
+        skipped += 1
+    return skipped
 
 
 class Heartbeat:
