@@ -365,6 +365,18 @@ def test_tcpclientlist_lists_every_client(daemon_factory):
     half.close()
 
 
+def test_tcpclientlist_larger_than_the_queue_limit_is_still_answered(daemon_factory):
+    d = daemon_factory("--max-queue-bytes", "64K", "--heartbeat", "0")
+    agent = "A" * 200
+    clients = [open_stream(d, f"token{i}", uniq=f"u{i}", agent=agent) for i in range(250)]
+    reply = d.control("tcpclientlist\n", timeout=20)
+    assert len(reply) > 64 * 1024
+    rows = json.loads(reply)["clients"]
+    assert sorted(r["id"] for r in rows) == sorted(f"u{i}" for i in range(250))
+    for c in clients:
+        c.close()
+
+
 def test_tcpmetrics_and_metrics_port_serve_the_same_counters(daemon_factory):
     from support import free_port
 
