@@ -1,4 +1,5 @@
-"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO.
+"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO,
+connections refused above the cap, metrics scrapers.
 
 Owns: every ``accept``, ``recv``, ``send`` and ``os.read`` of the daemon;
 what a socket error means (decided once, below); per-connection timers; the
