@@ -131,7 +131,10 @@ class Heartbeat:
             if client.messages != client.heartbeat_mark:
                 client.heartbeat_mark = client.messages
             elif not len(client.outbox) and not client.closing:
-                client.write(HEARTBEAT)
+                # Sent at once rather than queued for the end of the pass:
+                # ten thousand queued flushes would raise the memory peak.
+                client.outbox.append(HEARTBEAT)
+                client.flush()
 
 
 class Drain:
