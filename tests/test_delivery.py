@@ -72,6 +72,42 @@ def test_resume_gets_exactly_the_missed_events_for_its_token_then_live(daemon_fa
     assert status["replayed"] == 10
 
 
+def test_reconnecting_while_messages_keep_coming_loses_and_repeats_nothing(daemon_factory):
+    d = daemon_factory("--heartbeat", "0")
+    total = 400
+    stop = threading.Event()
+
+    def publish():
+        with socket.create_connection(("127.0.0.1", d.cport)) as ctl:
+            for i in range(total):
+                if stop.is_set():
+                    return
+                ctl.sendall(f"t=#{i}\n".encode())
+                time.sleep(0.002)
+
+    seen = []
+    c = d.sse("t")
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+        for _round in range(3):  # drop the stream twice in the middle
+            for _ in range(60):
+                event = c.read_event(timeout=10)
+                seen.append((int(event["data"][1:]), event["id"]))
+            c.close()
+            time.sleep(0.05)
+            c = open_stream(d, "t", last_id=seen[-1][1])
+        while seen[-1][0] != total - 1:
+            event = c.read_event(timeout=10)
+            seen.append((int(event["data"][1:]), event["id"]))
+    finally:
+        stop.set()
+        publisher.join(10)
+    assert [n for n, _ in seen] == list(range(total))
+    ids = [int(i) for _, i in seen]
+    assert ids == sorted(set(ids))
+
+
 def test_resume_with_the_query_parameter_and_no_duplicate_across_the_switch(daemon_factory):
     d = daemon_factory()
     ids = [publish_ack(d, "q", f"x{i}") for i in range(5)]
