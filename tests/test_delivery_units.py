@@ -120,3 +120,30 @@ def test_metrics_text_has_help_type_and_values():
     assert "# TYPE pyhasses_messages_total counter" in lines
     assert 'pyhasses_info{version="v\\"1"} 1' in lines
     assert "pyhasses_streams" not in text  # absent keys are not invented
+
+
+def test_unavailable_answer_bytes():
+    from pyhasses import http
+
+    answer = http.unavailable(7)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 503 Service Unavailable"
+    assert lines[1].startswith(b"Date: ") and lines[2] == b"Server: AsyncSSEServer (Hyper)"
+    assert b"Retry-After: 7" in lines and b"Connection: close" in lines
+    assert b"Content-Length: %d" % len(body) in lines
+
+
+def test_last_event_id_from_header_or_query():
+    from pyhasses import http
+
+    def decide(request):
+        head = http.parse_head(request)
+        return http.decide(head, "/sse", 128)
+
+    base = b"GET /sse?subscribe=a%s HTTP/1.1\r\nConnection: keep-alive\r\n%s\r\n"
+    assert decide(base % (b"", b"")).last_event_id is None
+    assert decide(base % (b"", b"Last-Event-ID: 42\r\n")).last_event_id == "42"
+    assert decide(base % (b"&lastEventId=17", b"")).last_event_id == "17"
+    assert decide(base % (b"&lastEventId=17", b"Last-Event-ID: 42\r\n")).last_event_id == "42"
+    assert decide(base % (b"", b"Last-Event-ID: \r\n")).last_event_id is None
