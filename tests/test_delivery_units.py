@@ -147,3 +147,21 @@ def test_last_event_id_from_header_or_query():
     assert decide(base % (b"&lastEventId=17", b"")).last_event_id == "17"
     assert decide(base % (b"&lastEventId=17", b"Last-Event-ID: 42\r\n")).last_event_id == "42"
     assert decide(base % (b"", b"Last-Event-ID: \r\n")).last_event_id is None
+
+
+def test_delivery_options_parse_into_settings():
+    from pyhasses import cli
+
+    raw = cli.parse_args(["-p=8080", "-murl=/sse", "-cp=8085", "--history-count", "5", "--history-bytes", "2M",
+                          "--history-age", "60", "--heartbeat", "0", "--retry", "500", "--max-clients", "9",
+                          "--drain", "2.5", "--slow-client-policy", "drop", "--metrics-port", "9108"])
+    s = cli.build_settings(raw)
+    assert (s.history_count, s.history_bytes, s.history_age) == (5, 2 * 1024 * 1024, 60.0)
+    assert (s.heartbeat, s.retry, s.max_clients, s.drain) == (0.0, 500, 9, 2.5)
+    assert s.slow_client_policy == "drop"
+    assert s.metrics.port == 9108 and s.metrics.hosts == ("127.0.0.1", "::1")
+    anywhere = cli.build_settings(cli.parse_args(["-p=1", "-murl=/s", "-cp=2", "--metrics-port", "*:9108"]))
+    assert anywhere.metrics.hosts == ()
+    default = cli.build_settings(cli.parse_args(["-p=1", "-murl=/s", "-cp=2"]))
+    assert (default.heartbeat, default.retry, default.max_clients, default.drain) == (15.0, 3000, 0, 0.0)
+    assert default.slow_client_policy == "disconnect" and default.metrics is None
