@@ -109,6 +109,8 @@ OPTIONS = (
            lambda t: parse_seconds(t, "--idle-flush")),
 
     # -- TLS (issue 3) --
+    Option((), "--key-passphrase-file", "key_passphrase_file", "PATH",
+           "file whose first line is the passphrase of an encrypted -privatekey-file"),
 
     # -- service: daemon mode, config file (issue 4) --
 

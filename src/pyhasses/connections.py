@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from . import http
+from . import http, tls
 from .control import Framer
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
@@ -276,6 +276,15 @@ class SseClient(Connection):
     def tls_info(self) -> str:
         return ""
 
+    def last_words(self) -> None:
+        """At shutdown: end the stream and make one try to send what is queued."""
+        if self.established:
+            self.outbox.append(LAST_CHUNK)
+        try:
+            self.outbox.flush(self.sock)
+        except OSError:
+            pass
+
     # -- input --------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
         if self.established:
@@ -488,3 +497,114 @@ class FifoReader:
         self.ctx.reactor.unregister(self.fd)
         self.ctx.reactor.cancel(self._idle)
         os.close(self.fd)
+
+
+class TlsSseClient(SseClient):
+    """An SSE client on the HTTPS port: the same HTTP and SSE code as a plain
+    one, with a ``tls.TlsPump`` between it and the socket.
+
+    The outbox is shared by both forms of the bytes: ``deliver`` and
+    ``write`` append plaintext behind the ciphertext not yet sent, and each
+    flush first seals that plaintext (one TLS write for everything queued
+    during the pass) into one ciphertext chunk.  So a fan-out still appends
+    the same bytes object to every recipient, and the queue limit counts
+    the same bytes as for a plain client.
+    """
+
+    kind = "TLS client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str):
+        self.pump = tls.TlsPump(ctx.tls.context)
+        self._cipher_chunks = 0  # the outbox's first chunks (from its head) that are sealed already
+        super().__init__(ctx, sock, peer)
+
+    def tls_info(self) -> str:
+        pump = self.pump
+        if pump.state == tls.HANDSHAKE:
+            return "TLS: handshake in progress"
+        return f"TLS: {pump.version() or '-'} cipher {pump.cipher() or '-'} ({pump.state})"
+
+    # -- ciphertext in ------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        for event in self.pump.receive(data):
+            if self.closed:
+                return
+            if isinstance(event, tls.Plaintext):
+                if not self.closing:
+                    super().on_data(event.data)
+            elif isinstance(event, tls.TlsEstablished):
+                if self.ctx.log.debugging:
+                    self.ctx.log.debug(f"TLS established <{self.fd}> {self.peer}: {event.version} {event.cipher}"
+                                       f" ALPN {event.alpn or '-'}")
+            elif isinstance(event, tls.PeerClosed):
+                self.close_after_flush()  # our close_notify is queued in answer
+            elif isinstance(event, tls.TlsFailed):
+                what = "TLS handshake failed" if event.during_handshake else "TLS error"
+                self.close(f"{what}: {event.reason}")
+                return
+        if self.pump.has_outgoing and not self.closed:
+            self.schedule_flush()
+
+    def on_eof(self) -> None:
+        if self.pump.state == tls.HANDSHAKE:
+            self.pump.end_of_input()
+            self.close("closed by peer during the TLS handshake")
+        else:
+            super().on_eof()
+
+    # -- ciphertext out -----------------------------------------------------
+    def flush(self) -> None:
+        if not self.closed:
+            self._seal()
+        super().flush()
+        self._cipher_chunks = len(self.outbox._chunks) - self.outbox._head
+
+    def _seal(self) -> None:
+        """Encrypt the plaintext queued behind the sealed chunks, add
+        close_notify once closing, and queue the pump's output in their place."""
+        box = self.outbox
+        chunks = box._chunks
+        first_plain = box._head + self._cipher_chunks
+        if first_plain < len(chunks):
+            plain = chunks[first_plain:]
+            del chunks[first_plain:]
+            plain_size = sum(map(len, plain))
+            box._size -= plain_size
+            self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain))
+        if self.closing:
+            self.pump.close()
+        cipher = self.pump.outgoing()
+        if cipher:
+            chunks.append(cipher)
+            box._size += len(cipher)
+        self._cipher_chunks = len(chunks) - box._head
+
+    def last_words(self) -> None:
+        """At shutdown: end the stream, seal it with close_notify, one try to send."""
+        if self.established:
+            self.outbox.append(LAST_CHUNK)
+        self.pump.close()
+        self._send_once()
+
+    def _send_once(self) -> None:
+        self._seal()
+        try:
+            self.outbox.flush(self.sock)
+        except OSError:
+            pass
+
+    # -- closing ------------------------------------------------------------
+    def _timeout(self, why: str) -> None:
+        if why == "handshake" and self.pump.state == tls.HANDSHAKE:
+            self._timer = None
+            self.close(f"TLS handshake not completed within {self.ctx.settings.handshake_timeout:g} s")
+        else:
+            super()._timeout(why)
+
+    def close(self, reason: str, quiet: bool = False) -> None:
+        """Every close says close_notify (or the handshake's alert) first,
+        on a best-effort send that never waits."""
+        if not self.closed:
+            self.pump.close()
+            self._send_once()
+        super().close(reason, quiet)

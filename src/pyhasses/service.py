@@ -22,13 +22,14 @@ import time
 from typing import List, Optional
 
 from . import __version__
-from .connections import ControlClient, FifoReader, Listener, SseClient
+from . import tls
+from .connections import ControlClient, FifoReader, Listener, SseClient, TlsSseClient
 from .control import ControlHandler
 from .hub import Hub
 from .logs import Log, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .settings import Endpoint, Settings
-from .sse import LAST_CHUNK, EventIds
+from .sse import EventIds
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -48,8 +49,9 @@ class Runtime:
 class Daemon:
     """The running daemon: what every connection reaches through ``ctx``."""
 
-    def __init__(self, settings: Settings, log: Log):
+    def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None):
         self.settings = settings
+        self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
         self.runtime = Runtime(settings)
         self.hub = Hub()
@@ -86,6 +88,16 @@ class Daemon:
             "reinits": hub.counters.reinits,
             "msgproccnt": hub.counters.msgproccnt,
             "msgsendcnt": hub.counters.msgsendcnt,
+            **self._tls_status(),
+        }
+
+    def _tls_status(self) -> dict:
+        if self.tls is None:
+            return {}
+        cert = self.tls.info
+        return {
+            "mode_details": [f"Certificate: {cert.subject}", f"Certificate expires: {cert.expiry_text()}"],
+            "extra": {"certsubject": cert.subject, "certexpires": cert.expiry_text()},
         }
 
     def client_list_lines(self) -> list:
@@ -100,6 +112,8 @@ class Daemon:
             self.listeners.append(Listener(self, sock, self._new_control_client, f"control port {sock_name(sock)}"))
 
     def _new_sse_client(self, sock, peer):
+        if self.tls is not None:
+            return TlsSseClient(self, sock, peer)
         return SseClient(self, sock, peer)
 
     def _new_control_client(self, sock, peer):
@@ -128,18 +142,29 @@ class Daemon:
     def _on_hangup(self, signum: int) -> None:
         self.log.reopen()
         self.log.info("SIGHUP: log file reopened")
+        if self.tls is not None:
+            self._reload_certificate()
+
+    def _reload_certificate(self) -> None:
+        """New connections get the new pair; open ones keep their session.
+        A pair that fails any start-up check is refused and the old one kept."""
+        s = self.settings
+        try:
+            new = tls.prepare(s.cert_file, s.key_file, s.key_passphrase_file)
+        except tls.CertificateError as exc:
+            self.log.error(f"SIGHUP: certificate not reloaded, keeping the old one: {exc}")
+            return
+        self.tls = new
+        self.log.out(f"SIGHUP: certificate reloaded: {new.info.subject}, expires {new.info.expiry_text()}")
+        if new.warning:
+            self.log.out(new.warning)
 
     def shutdown(self) -> None:
         """End every stream with the terminating chunk, then close all."""
         for listener in self.listeners:
             listener.close()
         for client in list(self.hub.clients):
-            if client.established:
-                client.outbox.append(LAST_CHUNK)
-            try:
-                client.outbox.flush(client.sock)
-            except OSError:
-                pass
+            client.last_words()
             client.close("daemon stopping", quiet=True)
         for conn in list(self.control_clients):
             conn.close("daemon stopping", quiet=True)
@@ -282,6 +307,7 @@ def run(settings: Settings) -> int:
     opened: list = []
     try:
         pidfile.check()
+        tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
         sse_socks = _bind(settings.sse, "SSE port")
         opened += sse_socks
@@ -312,7 +338,7 @@ def run(settings: Settings) -> int:
         except StartError as exc:
             return _fail(log, str(exc), opened)
 
-    daemon = Daemon(settings, log)
+    daemon = Daemon(settings, log, tls_setup)
     try:
         pidfile.write()
     except StartError as exc:
@@ -327,6 +353,19 @@ def run(settings: Settings) -> int:
         if daemon_context is not None:
             daemon_context.close()
     return daemon.exit_status
+
+
+def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
+    """Check the certificate and key and build the context, before any port
+    is opened: a bad pair must stop the start, not the first handshake."""
+    try:
+        setup = tls.prepare(settings.cert_file, settings.key_file, settings.key_passphrase_file)
+    except tls.CertificateError as exc:
+        raise StartError(str(exc)) from None
+    log.info(f"TLS certificate: {setup.info.subject}, expires {setup.info.expiry_text()}")
+    if setup.warning:
+        log.out(setup.warning)
+    return setup
 
 
 def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:
