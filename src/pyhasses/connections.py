@@ -583,10 +583,12 @@ class TlsSseClient(SseClient):
         """At shutdown: end the stream, seal it with close_notify, one try to send."""
         if self.established:
             self.outbox.append(LAST_CHUNK)
-        self.pump.close()
         self._send_once()
 
     def _send_once(self) -> None:
+        """Seal what is queued, then close_notify, and make one try to send."""
+        self._seal()
+        self.pump.close()
         self._seal()
         try:
             self.outbox.flush(self.sock)
@@ -603,8 +605,9 @@ class TlsSseClient(SseClient):
 
     def close(self, reason: str, quiet: bool = False) -> None:
         """Every close says close_notify (or the handshake's alert) first,
-        on a best-effort send that never waits."""
-        if not self.closed:
-            self.pump.close()
+        on a best-effort send that never waits.  Not when the peer's window
+        is full (a slow reader): nothing more would leave, so nothing more
+        is encrypted."""
+        if not self.closed and not self._writing:
             self._send_once()
         super().close(reason, quiet)
