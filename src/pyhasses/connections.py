@@ -594,6 +594,7 @@ class TlsSseClient(SseClient):
             self.outbox.flush(self.sock)
         except OSError:
             pass
+        self._cipher_chunks = len(self.outbox._chunks) - self.outbox._head
 
     # -- closing ------------------------------------------------------------
     def _timeout(self, why: str) -> None:
