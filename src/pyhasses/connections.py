@@ -557,27 +557,18 @@ class TlsSseClient(SseClient):
         if not self.closed:
             self._seal()
         super().flush()
-        self._cipher_chunks = len(self.outbox._chunks) - self.outbox._head
+        self._cipher_chunks = self.outbox.unsent_chunks()
 
     def _seal(self) -> None:
-        """Encrypt the plaintext queued behind the sealed chunks, add
-        close_notify once closing, and queue the pump's output in their place."""
-        box = self.outbox
-        chunks = box._chunks
-        first_plain = box._head + self._cipher_chunks
-        if first_plain < len(chunks):
-            plain = chunks[first_plain:]
-            del chunks[first_plain:]
-            plain_size = sum(map(len, plain))
-            box._size -= plain_size
+        """Encrypt the plaintext queued behind the sealed chunks (one TLS
+        write), add close_notify once closing, and queue the ciphertext."""
+        plain = self.outbox.take_tail(self._cipher_chunks)
+        if plain:
             self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain))
         if self.closing:
             self.pump.close()
-        cipher = self.pump.outgoing()
-        if cipher:
-            chunks.append(cipher)
-            box._size += len(cipher)
-        self._cipher_chunks = len(chunks) - box._head
+        self.outbox.append(self.pump.outgoing())
+        self._cipher_chunks = self.outbox.unsent_chunks()
 
     def last_words(self) -> None:
         """At shutdown: end the stream, seal it with close_notify, one try to send."""
@@ -594,7 +585,7 @@ class TlsSseClient(SseClient):
             self.outbox.flush(self.sock)
         except OSError:
             pass
-        self._cipher_chunks = len(self.outbox._chunks) - self.outbox._head
+        self._cipher_chunks = self.outbox.unsent_chunks()
 
     # -- closing ------------------------------------------------------------
     def _timeout(self, why: str) -> None:
@@ -610,5 +601,8 @@ class TlsSseClient(SseClient):
         is full (a slow reader): nothing more would leave, so nothing more
         is encrypted."""
         if not self.closed and not self._writing:
-            self._send_once()
+            try:
+                self._send_once()
+            except Exception as exc:  # a courtesy must never keep a socket open
+                self.ctx.log.error(f"{self.kind} {self.peer}: no close_notify sent: {exc!r}")
         super().close(reason, quiet)
