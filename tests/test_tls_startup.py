@@ -142,6 +142,8 @@ def test_selfsigned_command_writes_a_pair_for_localhost(tmp_path):
     names = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["localhost"]
     assert sorted(map(str, names.get_values_for_type(x509.IPAddress))) == ["127.0.0.1", "::1"]
+    assert parsed.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert parsed.issuer == parsed.subject
     ssl.create_default_context().load_cert_chain(cert, key)  # OpenSSL too finds that the key belongs to it
 
 

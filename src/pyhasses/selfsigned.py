@@ -2,9 +2,11 @@
 
 Owns: writing ``DIR/cert.pem`` and ``DIR/key.pem`` (mode 0600) for
 ``localhost``, 127.0.0.1 and ::1, made with ``cryptography``.  Must not
-touch: the daemon.  The certificate is its own CA (``curl --cacert
-DIR/cert.pem`` and Python's ``cafile=`` trust it), valid from one hour ago
-for ``--days`` days (default 365).
+touch: the daemon.  The certificate is valid from one hour ago for ``--days``
+days (default 365).  It is an end-entity certificate (``CA:FALSE``) signed by
+its own key: ``curl --cacert DIR/cert.pem`` and Python's ``cafile=`` trust it
+as it is, and Firefox lets one add an exception for it, which it refuses for
+a CA certificate used as a server's (``CA_CERT_USED_AS_END_ENTITY``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def make_pair(days: int = 365, common_name: str = "localhost", not_before=None):
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=False,
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
