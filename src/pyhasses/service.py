@@ -70,7 +70,7 @@ class Daemon:
     def status_info(self) -> dict:
         hub = self.hub
         user = self.settings.user
-        return {
+        info = {
             "version": __version__,
             "python": sys.version.split()[0],
             "pid": os.getpid(),
@@ -88,17 +88,18 @@ class Daemon:
             "reinits": hub.counters.reinits,
             "msgproccnt": hub.counters.msgproccnt,
             "msgsendcnt": hub.counters.msgsendcnt,
-            **self._tls_status(),
         }
+        self._add_tls_status(info)
+        return info
 
-    def _tls_status(self) -> dict:
+    def _add_tls_status(self, info: dict) -> None:
+        """The certificate in use: lines for the status block, keys for tcpstatus."""
         if self.tls is None:
-            return {}
+            return
         cert = self.tls.info
-        return {
-            "mode_details": [f"Certificate: {cert.subject}", f"Certificate expires: {cert.expiry_text()}"],
-            "extra": {"certsubject": cert.subject, "certexpires": cert.expiry_text()},
-        }
+        info.setdefault("mode_details", []).extend(
+            [f"Certificate: {cert.subject}", f"Certificate expires: {cert.expiry_text()}"])
+        info.setdefault("extra", {}).update({"certsubject": cert.subject, "certexpires": cert.expiry_text()})
 
     def client_list_lines(self) -> list:
         clients = sorted(self.hub.clients, key=lambda c: c.connected_at)
