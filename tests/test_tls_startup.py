@@ -154,3 +154,10 @@ def test_selfsigned_command_refuses_an_unwritable_place(tmp_path):
                             env=pyhasses_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"cannot write into {blocker / 'sub'}" in result.stderr
+
+
+def test_relative_paths_are_made_absolute_at_start(tmp_path, good):
+    # The daemon runs in tmp_path; a reload after daemonising (cwd /) must
+    # still find the files, so they are resolved once, at start.
+    expect_failure(tmp_path, "relative-missing.pem", good[1],
+                   f"cannot read certificate file {tmp_path / 'relative-missing.pem'}: No such file or directory")
