@@ -216,3 +216,26 @@ def test_sighup_with_a_bad_pair_keeps_the_old_one(https, pair, tmp_path):
     daemon.wait_log(rf"keeping the old one: certificate file {re.escape(str(cert))} is not a PEM certificate")
     assert peer_certificate(daemon, trusted) == pem_to_der(trusted)
     still_receives(daemon, watcher, "after garbage")
+
+
+def test_tampered_record_after_the_handshake(https, pair):
+    daemon, watcher = https()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=str(pair[0])).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(outgoing.read())
+                incoming.write(s.recv(65536))
+        s.sendall(outgoing.read())
+        tls.write(b"GET /sse?subscribe=room1 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+        record = bytearray(outgoing.read())
+        record[-3] ^= 0xFF  # breaks the record's authentication tag
+        s.sendall(bytes(record))
+        read_to_end(s)
+        expect_closed_with_one_line(daemon, s, "TLS error: ")
+    still_receives(daemon, watcher, "after a tampered record")
