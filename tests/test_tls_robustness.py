@@ -239,3 +239,39 @@ def test_tampered_record_after_the_handshake(https, pair):
         read_to_end(s)
         expect_closed_with_one_line(daemon, s, "TLS error: ")
     still_receives(daemon, watcher, "after a tampered record")
+
+
+def test_refusal_above_max_clients_sends_no_plaintext_on_the_tls_port(https, pair):
+    daemon, watcher = https("--max-clients", "1")
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
+        s.sendall(client_hello())
+        assert read_to_end(s) == b""  # a plaintext 503 here would be garbage to a TLS client
+        daemon.wait_log(rf"Refused {re.escape(local_peer(s))}: 1 clients already connected \(--max-clients\); "
+                        r"closed before the TLS handshake")
+    still_receives(daemon, watcher, "after a refusal")
+
+
+def test_drop_policy_on_a_slow_tls_reader_keeps_the_stream_well_formed(https, pair):
+    # The drop policy removes queued events; with TLS it must only touch
+    # plaintext not yet sealed, or the records would no longer decrypt.
+    daemon, watcher = https("--max-queue-bytes", "64K", "--heartbeat", "0", "--slow-client-policy", "drop")
+    slow = open_stream(daemon, pair[0], subscribe="flood", rcvbuf=4096)
+    daemon.wait_clients(2)
+    payload = "z" * 8000
+    for batch in range(40):  # until the kernel's buffers are full and events are dropped
+        daemon.control("".join(f"flood=#{batch * 50 + i} {payload}\n" for i in range(50)))
+        still_receives(daemon, watcher, f"calm {batch}")
+        if daemon.control_json("tcpstatus")["droppedevents"] > 20:
+            break
+    last = batch * 50 + 49
+    daemon.control("flood=stop\n")
+    status = daemon.control_json("tcpstatus")
+    assert status["droppedevents"] > 0 and status["sseconncli"] == 2
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    events = []
+    while not events or events[-1].get("data") != "stop":
+        events.append(slow.read_event(timeout=10))
+    assert any(e.get("event") == "reset" for e in events)
+    numbers = [int(e["data"][1:].split()[0]) for e in events if e["data"].startswith("#")]
+    assert numbers == sorted(numbers) and numbers[-1] == last
+    slow.close()

@@ -1,4 +1,5 @@
-"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO.
+"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO,
+connections refused above the cap, metrics scrapers.
 
 Owns: every ``accept``, ``recv``, ``send`` and ``os.read`` of the daemon;
 what a socket error means (decided once, below); per-connection timers; the
@@ -17,7 +18,7 @@ import os
 import socket
 import time
 
-from . import http, tls
+from . import delivery, http, tls
 from .control import Framer
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
@@ -249,6 +250,9 @@ class SseClient(Connection):
     kind = "SSE client"
     # States shown in the client list, as hasses names them.
     NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
+    # Drop policy state; class defaults keep an idle stream small.
+    _reset_chunk = None
+    _dropped_since_reset = 0
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
@@ -264,6 +268,8 @@ class SseClient(Connection):
         self.uniq_id = ""
         self.established = False
         self.messages = 0
+        self.heartbeat_mark = 0   # messages at the last heartbeat sweep
+        self.dropped = 0          # events dropped from this client's queue (drop policy)
         # The client list's view
         self.agent = ""
         self.connected_at = time.time()
@@ -325,7 +331,10 @@ class SseClient(Connection):
         self.handshaked_at = time.time()
         self._restart_timer(settings.stream_lifetime, "lifetime")
         self.reader = None  # an idle stream keeps no parser
-        self.write(http.handshake(self.ctx.cors))
+        # One object, so that the drop policy never separates them.
+        self.write(http.handshake(self.ctx.cors) + delivery.retry_hint(settings.retry))
+        if decision.last_event_id is not None:
+            self.ctx.resume(self, decision.last_event_id)
         log = self.ctx.log
         if log.debugging:
             log.debug(f"SSE connection OK <{self.fd}> {self.peer} subscribes {','.join(decision.tokens)!r}"
@@ -351,7 +360,10 @@ class SseClient(Connection):
         the pass.  A client past its queue limit is closed, not waited for."""
         outbox = self.outbox
         if outbox._size + len(data) > outbox.limit:
-            self._overflow(len(data))
+            if self.ctx.settings.slow_client_policy == "drop" and not self.closing:
+                self._drop_oldest(data)
+            else:
+                self._overflow(len(data))
             return
         outbox._chunks.append(data)
         outbox._size += len(data)
@@ -360,10 +372,40 @@ class SseClient(Connection):
             self._flush_pending = True
             self.ctx.reactor.call_soon(self.flush)
 
+    def _drop_oldest(self, data: bytes) -> None:
+        """The drop policy: make room by dropping the oldest queued events
+        (whole chunks, never the one being sent), and put one ``reset``
+        event where they were, so the page knows it missed some."""
+        outbox = self.outbox
+        # Never drop the head (it may be partly sent) nor bytes already
+        # sealed by TLS (a TLS client keeps ``_cipher_chunks`` of them).
+        first = max(1, getattr(self, "_cipher_chunks", 0))
+        held = outbox.unsent(first)
+        pending_reset = held if held is not None and held is self._reset_chunk else None
+        keep = first + 1 if pending_reset is not None else first
+        room = len(data) + delivery.RESET_ROOM
+        dropped = len(outbox.drop_oldest(keep, room))
+        if outbox._size + room > outbox.limit:
+            dropped += 1  # this event alone does not fit
+            data = None
+        self.dropped += dropped
+        self.ctx.hub.counters.dropped_events += dropped
+        if pending_reset is None:
+            self._dropped_since_reset = 0
+            self.ctx.hub.counters.resets += 1
+        self._dropped_since_reset += dropped
+        self._reset_chunk = delivery.reset_event(self.ctx.history.oldest, "dropped", self._dropped_since_reset)
+        outbox.put(first, self._reset_chunk, replace=pending_reset is not None)
+        if data is not None:
+            outbox.append(data)
+            self.messages += 1
+        self.schedule_flush()
+
     def _overflow(self, size: int) -> None:
         if self.closing or self.closed:
             return
         self.closing = True
+        self.ctx.hub.counters.slow_closed += 1
         self.ctx.log.info(
             f"Client <{self.fd}> {self.peer} is too slow: {len(self.outbox)} bytes queued, "
             f"limit {self.outbox.limit}; closing")
@@ -385,6 +427,7 @@ class SseClient(Connection):
 
     def end_stream(self) -> None:
         """End the chunked body properly; the browser reconnects by itself."""
+        self.ctx.reactor.cancel(self._timer)
         if self.established:
             self.ctx.hub.unsubscribe(self)
             self.write(LAST_CHUNK)
@@ -397,6 +440,52 @@ class SseClient(Connection):
         self.reader = None
         self.ctx.log.info(f"Closed connection <{self.fd}> {self.peer}: {reason} "
                           f"(remaining clients: {len(self.ctx.hub.clients)})")
+
+
+class Refused(Connection):
+    """A connection above ``--max-clients``: it gets the 503 at once (before
+    its request is even read), then the usual half-close and linger."""
+
+    kind = "refused client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, answer: bytes):
+        super().__init__(ctx, sock, peer, len(answer))
+        self.write(answer)
+        self.close_after_flush()
+
+    def on_data(self, data: bytes) -> None:
+        pass  # answered already; the request does not matter
+
+
+class MetricsClient(Connection):
+    """A scraper on ``--metrics-port``: one request, ``GET /metrics``, one
+    answer, close."""
+
+    kind = "metrics client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, render):
+        super().__init__(ctx, sock, peer, 1024 * 1024)  # the text is a few KB
+        self.render = render
+        self.reader = http.RequestReader(ctx.settings.max_head_bytes)
+        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self.close, "no request in time", True)
+
+    def on_data(self, data: bytes) -> None:
+        if self.closing:
+            return
+        for item in self.reader.feed(data):
+            if isinstance(item, http.BadHead):
+                self.write(http.error(item.status, self.ctx.cors))
+            elif item.method != b"GET":
+                self.write(http.error(501, self.ctx.cors))
+            elif item.target.partition(b"?")[0] != b"/metrics":
+                self.write(http.error(404, self.ctx.cors))
+            else:
+                self.write(http.metrics_answer(self.render().encode()))
+            self.close_after_flush()
+            return
+
+    def on_closed(self, reason: str, quiet: bool) -> None:
+        self.ctx.reactor.cancel(self._timer)
 
 
 class ControlInput:
@@ -466,7 +555,9 @@ class ControlClient(Connection):
         """Queue an answer; False once the connection is closed."""
         if self.closed:
             return False
-        if not self.outbox.fits(len(answer)):
+        # One reply may be larger than the limit (tcpclientlist of many
+        # clients); replies piling up unread may not.
+        if len(self.outbox) and not self.outbox.fits(len(answer)):
             self.close("does not read its replies")
             return False
         self.write(answer)
