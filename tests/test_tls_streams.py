@@ -158,3 +158,15 @@ def test_plain_daemon_reports_unencrypted(daemon):
     status = daemon.control_json("tcpstatus")
     assert status["mode"] == "unencrypted (http)"
     assert "certsubject" not in status
+
+
+def test_heartbeat_comments_are_encrypted_too(https, pair):
+    daemon = https("--heartbeat", "0.3")
+    client = open_stream(daemon, pair[0])
+    payload = client.read_chunk(timeout=5)
+    while payload.startswith(b"retry:"):  # the stream's retry hint comes first
+        payload = client.read_chunk(timeout=5)
+    assert payload.startswith(b":"), payload
+    daemon.control("room1=between heartbeats\n")
+    assert client.read_event()["data"] == "between heartbeats"
+    client.close()
