@@ -355,3 +355,32 @@ def test_log_the_user_cannot_reopen_keeps_the_daemon_serving(daemon_run, user_di
         run.stop()
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def test_tls_in_daemon_mode_and_one_sighup_for_log_and_certificate(daemon_run, tmp_path):
+    """The TLS context is built before detaching; one SIGHUP reopens the log
+    and reloads the pair, and the open stream lives on."""
+    from tls_support import TlsSseClient, ssl_args, write_pair
+
+    cert, key = write_pair(tmp_path / "tls", common_name="localhost")
+    run = daemon_run(*ssl_args(cert, key))
+    done = run.start()
+    assert done.returncode == 0, done.stderr + run.log()
+    client = TlsSseClient("127.0.0.1", run.port, cert)
+    client.request("GET /sse?subscribe=room1 HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+    client.read_handshake()
+
+    new_cert, _ = write_pair(tmp_path / "tls")  # a new pair at the same paths
+    run.logfile.rename(run.logfile.with_name("pyhasses.log.1"))
+    os.kill(run.pid, signal.SIGHUP)
+    run.wait_log(r"SIGHUP: certificate reloaded")
+    assert all(LOG_LINE.match(line) for line in run.log().splitlines())
+
+    run.control("room1=after the reload\n")
+    assert client.read_event()["data"] == "after the reload"
+    fresh = TlsSseClient("127.0.0.1", run.port, new_cert)  # verifies against the new certificate only
+    fresh.request("GET /sse?subscribe=room1 HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+    fresh.read_handshake()
+    client.close()
+    fresh.close()
+    run.stop()
