@@ -100,6 +100,10 @@ class Listener:
 class Connection:
     """What every connected socket shares: the outbox, flushing, closing."""
 
+    # Slots keep an idle stream small (issue 6: at most 1 KB each);
+    # "__dict__" keeps attributes not listed here working, at a dict's cost.
+    __slots__ = ("ctx", "sock", "fd", "peer", "outbox", "closed", "closing", "_eof", "_shut",
+                 "_flush_pending", "_writing", "__dict__")
     kind = "connection"
 
     def __init__(self, ctx, sock: socket.socket, peer: str, queue_limit: int):
@@ -176,7 +180,7 @@ class Connection:
     def schedule_flush(self) -> None:
         if not self._flush_pending and not self._writing:
             self._flush_pending = True
-            self.ctx.reactor.call_soon(self.flush)
+            self.ctx.flusher.add(self)
 
     def flush(self) -> None:
         self._flush_pending = False
@@ -246,6 +250,8 @@ class Connection:
 class SseClient(Connection):
     """A browser's connection: a request head, then an event stream."""
 
+    __slots__ = ("state_name", "reader", "tokens", "everything", "uniq_id", "established", "messages",
+                 "agent", "connected_at", "handshaked_at", "reinit_count", "_timer")
     kind = "SSE client"
     # States shown in the client list, as hasses names them.
     NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
@@ -269,7 +275,7 @@ class SseClient(Connection):
         self.connected_at = time.time()
         self.handshaked_at = 0.0
         self.reinit_count = 0
-        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self._timeout, "handshake")
+        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self._handshake_over)
         ctx.hub.connected(self)
         ctx.log.info(f"Connect from {peer} as <{self.fd}> (clients: {len(ctx.hub.clients)})")
 
@@ -314,7 +320,10 @@ class SseClient(Connection):
         self.ctx.hub.subscribe(self, decision.tokens, decision.uniq_id)
         self.state_name = self.STREAM
         self.handshaked_at = time.time()
-        self._restart_timer(settings.stream_lifetime, "lifetime")
+        # The lifetime is watched by one sweep over all streams (service),
+        # not by a timer each: a timer costs an idle stream ~200 bytes.
+        self.ctx.reactor.cancel(self._timer)
+        self._timer = None
         self.reader = None  # an idle stream keeps no parser
         self.write(http.handshake(self.ctx.cors))
         log = self.ctx.log
@@ -349,7 +358,7 @@ class SseClient(Connection):
         self.messages += 1
         if not self._flush_pending and not self._writing:
             self._flush_pending = True
-            self.ctx.reactor.call_soon(self.flush)
+            self.ctx.flusher.add(self)
 
     def _overflow(self, size: int) -> None:
         if self.closing or self.closed:
@@ -363,8 +372,16 @@ class SseClient(Connection):
 
     # -- timers and closing -------------------------------------------------
     def _restart_timer(self, delay: float, why: str) -> None:
+        """Only the handshake has a timer of its own (see ``_request``)."""
         self.ctx.reactor.cancel(self._timer)
-        self._timer = self.ctx.reactor.call_later(delay, self._timeout, why)
+        self._timer = self.ctx.reactor.call_later(delay, self._handshake_over)
+
+    def lifetime_over(self) -> None:
+        """Called by the daemon's lifetime sweep."""
+        self._timeout("lifetime")
+
+    def _handshake_over(self) -> None:
+        self._timeout("handshake")
 
     def _timeout(self, why: str) -> None:
         self._timer = None
@@ -397,6 +414,12 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
+        try:
+            # Acknowledgements are small and awaited: Nagle would hold one
+            # back until the publisher's delayed ACK of the previous (40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
         self._idle = None
         ctx.control_clients.add(self)
@@ -405,6 +428,14 @@ class ControlClient(Connection):
     def on_data(self, data: bytes) -> None:
         self._run(self.framer.feed(data))
         self._arm_idle_flush()
+        self._reply_now()
+
+    def _reply_now(self) -> None:
+        """Acknowledgements leave at once, ahead of the fan-out's sends:
+        they say "queued for N", and a publisher waiting for one must not
+        wait for a sweep over every stream."""
+        if len(self.outbox) and not self._writing and not self.closed:
+            self.flush()
 
     def on_eof(self) -> None:
         """The writer half-closed or closed: its tail is complete; answer
@@ -426,6 +457,14 @@ class ControlClient(Connection):
         self._run(self.framer.finish())
 
     def _run(self, items) -> None:
+        hub = self.ctx.hub
+        hub.hold()  # the events of one read leave joined (Hub.hold)
+        try:
+            self._run_items(items)
+        finally:
+            hub.release()
+
+    def _run_items(self, items) -> None:
         handler = self.ctx.control
         channel = f"control {self.peer}"
         for item in items:
@@ -477,8 +516,13 @@ class FifoReader:
         self._run(self.framer.finish())
 
     def _run(self, items) -> None:
-        for item in items:
-            self.ctx.control.handle(item, "fifo", can_reply=False)
+        hub = self.ctx.hub
+        hub.hold()  # the events of one read leave joined (Hub.hold)
+        try:
+            for item in items:
+                self.ctx.control.handle(item, "fifo", can_reply=False)
+        finally:
+            hub.release()
 
     def on_failure(self, exc: Exception) -> None:
         self.ctx.log.error(f"FIFO {self.path}: internal error {exc!r}; input discarded")

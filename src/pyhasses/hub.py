@@ -92,6 +92,7 @@ class Hub:
         self._by_token: dict = {}      # token -> set of clients
         self._everything: set = set()  # clients that subscribed to "*"
         self.counters = Counters()
+        self._held = None              # while holding: [(targets, recipients, [data, ...]), ...]
 
     # -- membership ---------------------------------------------------------
     def connected(self, client) -> None:
@@ -160,19 +161,51 @@ class Hub:
         """Queue ``data`` (one encoded event) for every recipient; returns
         how many.  The same bytes object goes to each of them."""
         self.counters.msgproccnt += 1
-        targets = list(targets)
+        targets = tuple(targets)
         if len(targets) == 1:
             found = self.recipients(targets[0])
         else:
             found = set()
             for target in targets:
                 found.update(self.recipients(target))
+        if self._held is not None:
+            return self._hold(targets, found, data)
         count = 0
         for client in found:
             client.deliver(data)
             count += 1
         self.counters.msgsendcnt += count
         return count
+
+    # -- batches ------------------------------------------------------------
+    def hold(self) -> None:
+        """Until ``release``, consecutive messages to the same targets are
+        joined into one bytes object per run, so a batch of events (one
+        control write) costs each recipient one queue step, not one per
+        event.  Callers hold only around input that cannot change who is
+        subscribed (control input), and release before the pass ends."""
+        if self._held is None:
+            self._held = []
+
+    def _hold(self, targets: tuple, found, data: bytes) -> int:
+        held = self._held
+        if held and held[-1][0] == targets:
+            held[-1][2].append(data)
+        else:
+            held.append((targets, found, [data]))
+        count = len(found)
+        self.counters.msgsendcnt += count
+        return count
+
+    def release(self) -> None:
+        """Deliver what was held, in publishing order."""
+        held, self._held = self._held, None
+        for _targets, found, datas in held or ():
+            data = datas[0] if len(datas) == 1 else b"".join(datas)
+            extra = len(datas) - 1
+            for client in found:
+                client.deliver(data)
+                client.messages += extra  # one queue step, several events
 
     # -- questions ----------------------------------------------------------
     def subscribed_count(self, token: str) -> int:
