@@ -1,4 +1,5 @@
-"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO.
+"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO,
+connections refused above the cap, metrics scrapers.
 
 Owns: every ``accept``, ``recv``, ``send`` and ``os.read`` of the daemon;
 what a socket error means (decided once, below); per-connection timers; the
@@ -17,7 +18,7 @@ import os
 import socket
 import time
 
-from . import http
+from . import delivery, http
 from .control import Framer
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
@@ -251,10 +252,14 @@ class SseClient(Connection):
     """A browser's connection: a request head, then an event stream."""
 
     __slots__ = ("state_name", "reader", "tokens", "everything", "uniq_id", "established", "messages",
-                 "agent", "connected_at", "handshaked_at", "reinit_count", "_timer")
+                 "agent", "connected_at", "handshaked_at", "reinit_count", "_timer", "heartbeat_mark",
+                 "dropped")
     kind = "SSE client"
     # States shown in the client list, as hasses names them.
     NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
+    # Drop policy state; class defaults keep an idle stream small.
+    _reset_chunk = None
+    _dropped_since_reset = 0
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
@@ -270,6 +275,8 @@ class SseClient(Connection):
         self.uniq_id = ""
         self.established = False
         self.messages = 0
+        self.heartbeat_mark = 0   # messages at the last heartbeat sweep
+        self.dropped = 0          # events dropped from this client's queue (drop policy)
         # The client list's view
         self.agent = ""
         self.connected_at = time.time()
@@ -325,7 +332,10 @@ class SseClient(Connection):
         self.ctx.reactor.cancel(self._timer)
         self._timer = None
         self.reader = None  # an idle stream keeps no parser
-        self.write(http.handshake(self.ctx.cors))
+        # One object, so that the drop policy never separates them.
+        self.write(http.handshake(self.ctx.cors) + delivery.retry_hint(settings.retry))
+        if decision.last_event_id is not None:
+            self.ctx.resume(self, decision.last_event_id)
         log = self.ctx.log
         if log.debugging:
             log.debug(f"SSE connection OK <{self.fd}> {self.peer} subscribes {','.join(decision.tokens)!r}"
@@ -351,7 +361,10 @@ class SseClient(Connection):
         the pass.  A client past its queue limit is closed, not waited for."""
         outbox = self.outbox
         if outbox._size + len(data) > outbox.limit:
-            self._overflow(len(data))
+            if self.ctx.settings.slow_client_policy == "drop" and not self.closing:
+                self._drop_oldest(data)
+            else:
+                self._overflow(len(data))
             return
         outbox._chunks.append(data)
         outbox._size += len(data)
@@ -360,10 +373,40 @@ class SseClient(Connection):
             self._flush_pending = True
             self.ctx.flusher.add(self)
 
+    def _drop_oldest(self, data: bytes) -> None:
+        """The drop policy: make room by dropping the oldest queued events
+        (whole chunks, never the one being sent), and put one ``reset``
+        event where they were, so the page knows it missed some."""
+        outbox = self.outbox
+        # Never drop the head (it may be partly sent) nor bytes already
+        # sealed by TLS (a TLS client keeps ``_cipher_chunks`` of them).
+        first = max(1, getattr(self, "_cipher_chunks", 0))
+        held = outbox.unsent(first)
+        pending_reset = held if held is not None and held is self._reset_chunk else None
+        keep = first + 1 if pending_reset is not None else first
+        room = len(data) + delivery.RESET_ROOM
+        dropped = len(outbox.drop_oldest(keep, room))
+        if outbox._size + room > outbox.limit:
+            dropped += 1  # this event alone does not fit
+            data = None
+        self.dropped += dropped
+        self.ctx.hub.counters.dropped_events += dropped
+        if pending_reset is None:
+            self._dropped_since_reset = 0
+            self.ctx.hub.counters.resets += 1
+        self._dropped_since_reset += dropped
+        self._reset_chunk = delivery.reset_event(self.ctx.history.oldest, "dropped", self._dropped_since_reset)
+        outbox.put(first, self._reset_chunk, replace=pending_reset is not None)
+        if data is not None:
+            outbox.append(data)
+            self.messages += 1
+        self.schedule_flush()
+
     def _overflow(self, size: int) -> None:
         if self.closing or self.closed:
             return
         self.closing = True
+        self.ctx.hub.counters.slow_closed += 1
         self.ctx.log.info(
             f"Client <{self.fd}> {self.peer} is too slow: {len(self.outbox)} bytes queued, "
             f"limit {self.outbox.limit}; closing")
@@ -393,6 +436,7 @@ class SseClient(Connection):
 
     def end_stream(self) -> None:
         """End the chunked body properly; the browser reconnects by itself."""
+        self.ctx.reactor.cancel(self._timer)
         if self.established:
             self.ctx.hub.unsubscribe(self)
             self.write(LAST_CHUNK)
@@ -405,6 +449,107 @@ class SseClient(Connection):
         self.reader = None
         self.ctx.log.info(f"Closed connection <{self.fd}> {self.peer}: {reason} "
                           f"(remaining clients: {len(self.ctx.hub.clients)})")
+
+
+class Refused(Connection):
+    """A connection above ``--max-clients``: it gets the 503 at once (before
+    its request is even read), then the usual half-close and linger."""
+
+    kind = "refused client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, answer: bytes):
+        super().__init__(ctx, sock, peer, len(answer))
+        self.write(answer)
+        self.close_after_flush()
+
+    def on_data(self, data: bytes) -> None:
+        pass  # answered already; the request does not matter
+
+
+class MetricsClient(Connection):
+    """A scraper on ``--metrics-port``: one request, ``GET /metrics``, one
+    answer, close."""
+
+    kind = "metrics client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, render):
+        super().__init__(ctx, sock, peer, 1024 * 1024)  # the text is a few KB
+        self.render = render
+        self.reader = http.RequestReader(ctx.settings.max_head_bytes)
+        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self.close, "no request in time", True)
+
+    def on_data(self, data: bytes) -> None:
+        if self.closing:
+            return
+        for item in self.reader.feed(data):
+            if isinstance(item, http.BadHead):
+                self.write(http.error(item.status, self.ctx.cors))
+            elif item.method != b"GET":
+                self.write(http.error(501, self.ctx.cors))
+            elif item.target.partition(b"?")[0] != b"/metrics":
+                self.write(http.error(404, self.ctx.cors))
+            else:
+                self.write(http.metrics_answer(self.render().encode()))
+            self.close_after_flush()
+            return
+
+    def on_closed(self, reason: str, quiet: bool) -> None:
+        self.ctx.reactor.cancel(self._timer)
+
+
+class ControlInput:
+    """Control bytes from one writer: framing, the idle flush of an
+    unterminated tail, and running each part.  ``reply`` takes the answer
+    bytes of a TCP writer; the FIFO has nobody to answer."""
+
+    def __init__(self, ctx, channel: str, reply=None):
+        self.ctx = ctx
+        self.channel = channel
+        self.reply = reply
+        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
+        self._idle = None
+
+    def feed(self, data: bytes) -> None:
+        self._run(self.framer.feed(data))
+        reactor = self.ctx.reactor
+        reactor.cancel(self._idle)
+        self._idle = None
+        if self.framer.pending:
+            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish)
+
+    def finish(self) -> None:
+        """End of input, or the writer went idle: the tail is a whole part."""
+        self.cancel()
+        self._run(self.framer.finish())
+
+    def cancel(self) -> None:
+        self.ctx.reactor.cancel(self._idle)
+        self._idle = None
+
+    def reset(self) -> None:
+        self.cancel()
+        self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+
+    def _run(self, items) -> None:
+        # The events of one read leave joined (Hub.hold), except under the
+        # drop policy, which drops whole queued chunks and counts events.
+        if self.ctx.settings.slow_client_policy == "drop":
+            self._run_items(items)
+            return
+        hub = self.ctx.hub
+        hub.hold()
+        try:
+            self._run_items(items)
+        finally:
+            hub.release()
+
+    def _run_items(self, items) -> None:
+        handle = self.ctx.control.handle
+        can_reply = self.reply is not None
+        for item in items:
+            answer = handle(item, self.channel, can_reply)
+            if answer is not None and not self.reply(answer):
+                return
 
 
 class ControlClient(Connection):
@@ -420,14 +565,12 @@ class ControlClient(Connection):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
-        self._idle = None
+        self.input = ControlInput(ctx, f"control {peer}", self._reply)
         ctx.control_clients.add(self)
         ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
 
     def on_data(self, data: bytes) -> None:
-        self._run(self.framer.feed(data))
-        self._arm_idle_flush()
+        self.input.feed(data)
         self._reply_now()
 
     def _reply_now(self) -> None:
@@ -440,43 +583,24 @@ class ControlClient(Connection):
     def on_eof(self) -> None:
         """The writer half-closed or closed: its tail is complete; answer
         what it asked, then close."""
-        self.ctx.reactor.cancel(self._idle)
-        self._run(self.framer.finish())
+        self.input.finish()
         if not self.closed:
             self.finish_after_eof()
 
-    def _arm_idle_flush(self) -> None:
-        reactor = self.ctx.reactor
-        reactor.cancel(self._idle)
-        self._idle = None
-        if self.framer.pending:
-            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self._idle_flush)
-
-    def _idle_flush(self) -> None:
-        self._idle = None
-        self._run(self.framer.finish())
-
-    def _run(self, items) -> None:
-        hub = self.ctx.hub
-        hub.hold()  # the events of one read leave joined (Hub.hold)
-        try:
-            self._run_items(items)
-        finally:
-            hub.release()
-
-    def _run_items(self, items) -> None:
-        handler = self.ctx.control
-        channel = f"control {self.peer}"
-        for item in items:
-            reply = handler.handle(item, channel, can_reply=True)
-            if reply is not None and not self.closed:
-                if not self.outbox.fits(len(reply)):
-                    self.close("does not read its replies", quiet=False)
-                    return
-                self.write(reply)
+    def _reply(self, answer: bytes) -> bool:
+        """Queue an answer; False once the connection is closed."""
+        if self.closed:
+            return False
+        # One reply may be larger than the limit (tcpclientlist of many
+        # clients); replies piling up unread may not.
+        if len(self.outbox) and not self.outbox.fits(len(answer)):
+            self.close("does not read its replies")
+            return False
+        self.write(answer)
+        return True
 
     def on_closed(self, reason: str, quiet: bool) -> None:
-        self.ctx.reactor.cancel(self._idle)
+        self.input.cancel()
         self.ctx.control_clients.discard(self)
         self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
 
@@ -491,8 +615,7 @@ class FifoReader:
         self.ctx = ctx
         self.fd = fd
         self.path = path
-        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
-        self._idle = None
+        self.input = ControlInput(ctx, "fifo")
         ctx.reactor.register(fd, self, READABLE)
 
     def on_events(self, mask: int) -> None:
@@ -502,33 +625,14 @@ class FifoReader:
             if exc.errno in RETRY:
                 return
             raise
-        if not data:
-            return
-        self._run(self.framer.feed(data))
-        reactor = self.ctx.reactor
-        reactor.cancel(self._idle)
-        self._idle = None
-        if self.framer.pending:
-            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self._idle_flush)
-
-    def _idle_flush(self) -> None:
-        self._idle = None
-        self._run(self.framer.finish())
-
-    def _run(self, items) -> None:
-        hub = self.ctx.hub
-        hub.hold()  # the events of one read leave joined (Hub.hold)
-        try:
-            for item in items:
-                self.ctx.control.handle(item, "fifo", can_reply=False)
-        finally:
-            hub.release()
+        if data:
+            self.input.feed(data)
 
     def on_failure(self, exc: Exception) -> None:
         self.ctx.log.error(f"FIFO {self.path}: internal error {exc!r}; input discarded")
-        self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+        self.input.reset()
 
     def close(self) -> None:
         self.ctx.reactor.unregister(self.fd)
-        self.ctx.reactor.cancel(self._idle)
+        self.input.cancel()
         os.close(self.fd)

@@ -21,15 +21,17 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__
-from .connections import ControlClient, FifoReader, Listener, SseClient
+from . import __version__, delivery, metrics
+from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient
 from .control import ControlHandler
 from .flushqueue import FlushQueue
+from .history import History
 from .hub import Hub
 from .logs import Log, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .settings import Endpoint, Settings
 from .sse import LAST_CHUNK, EventIds
+from . import http
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -62,15 +64,19 @@ class Daemon:
         self.fifo: Optional[FifoReader] = None
         self.reactor: Optional[Reactor] = None
         self.flusher: Optional[FlushQueue] = None
+        self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
+        self.heartbeat: Optional[delivery.Heartbeat] = None
+        self.draining: Optional[delivery.Drain] = None
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
-                                      self.status_info, self.client_list_lines)
+                                      self.status_info, self.client_list_lines, history=self.history,
+                                      client_table=self.client_table, metrics_text=self.metrics_text)
         self.exit_status = EXIT_OK
 
     # -- reports ------------------------------------------------------------
     def status_info(self) -> dict:
         hub = self.hub
         user = self.settings.user
-        return {
+        info = {
             "version": __version__,
             "python": sys.version.split()[0],
             "pid": os.getpid(),
@@ -89,6 +95,48 @@ class Daemon:
             "msgproccnt": hub.counters.msgproccnt,
             "msgsendcnt": hub.counters.msgsendcnt,
         }
+        info.setdefault("extra", {}).update(self.delivery_status())
+        return info
+
+    def delivery_status(self) -> dict:
+        """tcpstatus' keys beyond hasses' (issue 5)."""
+        counters = self.hub.counters
+        self.history.expire()
+        return {
+            "historysize": len(self.history),
+            "historybytes": self.history.bytes,
+            "droppedclients": counters.slow_closed,
+            "droppedevents": counters.dropped_events,
+            "queuedbytes": sum(len(c.outbox) for c in self.hub.clients),
+            "refused": counters.refused,
+            "replayed": counters.replayed,
+            "resets": counters.resets,
+            "uptime": round(time.time() - self.started, 3),
+        }
+
+    def client_table(self) -> list:
+        """tcpclientlist: one row per open SSE connection, oldest first."""
+        rows = []
+        for c in sorted(self.hub.clients, key=lambda c: c.connected_at):
+            rows.append({
+                "fd": c.fd,
+                "peer": c.peer,
+                "id": c.uniq_id,
+                "subscriptions": (["*"] if c.everything else []) + list(c.tokens),
+                "agent": c.agent,
+                "state": c.state_name,
+                "connected": round(c.connected_at, 3),
+                "handshaked": round(c.handshaked_at, 3) if c.handshaked_at else None,
+                "messages": c.messages,
+                "queued": len(c.outbox),
+                "dropped": c.dropped,
+                "reinits": c.reinit_count,
+                "tls": c.tls_info() or None,
+            })
+        return rows
+
+    def metrics_text(self) -> str:
+        return metrics.render(self.status_info())
 
     def client_list_lines(self) -> list:
         clients = sorted(self.hub.clients, key=lambda c: c.connected_at)
@@ -102,12 +150,28 @@ class Daemon:
             self.listeners.append(Listener(self, sock, self._new_control_client, f"control port {sock_name(sock)}"))
 
     def _new_sse_client(self, sock, peer):
+        cap = self.settings.max_clients
+        if cap and len(self.hub.clients) >= cap:
+            self.hub.counters.refused += 1
+            self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); answered 503")
+            return Refused(self, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
         return SseClient(self, sock, peer)
+
+    def _new_metrics_client(self, sock, peer):
+        return MetricsClient(self, sock, peer, self.metrics_text)
+
+    def resume(self, client, last_id: str) -> None:
+        """A stream that came back with Last-Event-ID gets what it missed."""
+        now_id = int(time.time() * 1_000_000)
+        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, now_id)
+        if self.log.debugging:
+            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}, "
+                           f"{len(result.events)} held event(s) looked at")
 
     def _new_control_client(self, sock, peer):
         return ControlClient(self, sock, peer)
 
-    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int]) -> None:
+    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=()) -> None:
         """Build the reactor (after any fork) and run until a signal stops it."""
         self.reactor = Reactor(on_error=self.log.error)
         self.flusher = FlushQueue(self.reactor)
@@ -119,6 +183,12 @@ class Daemon:
             self.reactor.register(listener.fd, listener)
         if fifo_fd is not None:
             self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
+        for sock in metrics_socks:
+            listener = Listener(self, sock, self._new_metrics_client, f"metrics port {sock_name(sock)}")
+            self.listeners.append(listener)
+            self.reactor.register(listener.fd, listener)
+        self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
+        self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
         self.reactor.run()
@@ -143,8 +213,22 @@ class Daemon:
 
     # -- signals ------------------------------------------------------------
     def _on_stop_signal(self, signum: int) -> None:
+        if self.draining is not None:
+            self.log.out("Received INT/TERM signal again, exiting now")
+            self.reactor.stop()
+            return
         self.log.out("Received INT/TERM signal, Exiting...")
-        self.reactor.stop()
+        if self.settings.drain <= 0 or not self.hub.clients:
+            self.reactor.stop()
+            return
+        self.log.out(f"Draining {len(self.hub.streams)} stream(s) over {self.settings.drain:g} s")
+        # No new streams (a restarted daemon can bind the port at once);
+        # publishers may still reach the streams that remain.
+        for listener in [x for x in self.listeners if x.make == self._new_sse_client]:
+            listener.close()
+            self.listeners.remove(listener)
+        self.draining = delivery.Drain(self.reactor, self.hub.clients, self.settings.drain, self.reactor.stop)
+        self.draining.start()
 
     def _on_hangup(self, signum: int) -> None:
         self.log.reopen()
@@ -308,6 +392,8 @@ def run(settings: Settings) -> int:
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
+        metrics_socks = _bind(settings.metrics, "metrics port") if settings.metrics else []
+        opened += metrics_socks
         if settings.control:
             where = ", ".join(sock_name(s) for s in control_socks)
             if all(_is_loopback(s) for s in control_socks):
@@ -344,7 +430,7 @@ def run(settings: Settings) -> int:
     log.info("=== daemon starting ===")
     log.info(f"Pid: {os.getpid()}")
     try:
-        daemon.serve(sse_socks, control_socks, fifo_fd)
+        daemon.serve(sse_socks, control_socks, fifo_fd, metrics_socks)
     finally:
         pidfile.remove(log)
         log.close()
