@@ -102,7 +102,7 @@ static void die(const char *fmt, ...) {
 }
 
 /* -- CPU accounting ---------------------------------------------------- */
-typedef struct { int64_t wall, self, server; } Mark;
+typedef struct { int64_t wall, self, server, server_wait, self_wait; } Mark;
 
 static int64_t self_cpu_ns(void) {
     struct rusage ru;
@@ -141,8 +141,23 @@ static long server_rss_bytes(void) {
     return kb * 1024;
 }
 
+/* Time spent runnable but waiting for a CPU (/proc/PID/schedstat, second
+ * field): other processes on the machine took the core. */
+static int64_t runq_wait_ns(int pid) {
+    char path[64];
+    if (pid) snprintf(path, sizeof path, "/proc/%d/schedstat", pid);
+    else snprintf(path, sizeof path, "/proc/self/schedstat");
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    unsigned long long run = 0, wait = 0;
+    if (fscanf(f, "%llu %llu", &run, &wait) != 2) wait = 0;
+    fclose(f);
+    return (int64_t)wait;
+}
+
 static Mark mark(void) {
-    Mark m = {now_ns(), self_cpu_ns(), server_cpu_ns()};
+    Mark m = {now_ns(), self_cpu_ns(), server_cpu_ns(), opt_server_pid ? runq_wait_ns(opt_server_pid) : 0,
+              runq_wait_ns(0)};
     return m;
 }
 
@@ -156,7 +171,10 @@ static void emit_cpu(Mark a, Mark b) {
     double wall = (double)(b.wall - a.wall);
     double self = wall > 0 ? (b.self - a.self) / wall : 0;
     double server = wall > 0 ? (b.server - a.server) / wall : 0;
-    printf(", \"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"saturated\": %s}\n", self, server,
+    double server_wait = wall > 0 ? (b.server_wait - a.server_wait) / wall : 0;
+    double self_wait = wall > 0 ? (b.self_wait - a.self_wait) / wall : 0;
+    printf(", \"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"server_runq_wait\": %.3f, "
+           "\"loadgen_runq_wait\": %.3f, \"saturated\": %s}\n", self, server, server_wait, self_wait,
            self > 0.9 ? "true" : "false");
     fflush(stdout);
 }
@@ -309,6 +327,8 @@ static void sub_fail(Sub *s) {
     s->head = NULL;
 }
 
+static void sub_send_request(int i, int switch_to_input);
+
 static void sub_open(int i) {
     Sub *s = &subs[i];
     memset(s, 0, sizeof *s);
@@ -318,15 +338,19 @@ static void sub_open(int i) {
     inet_pton(AF_INET, opt_host, &a.sin_addr);
     s->state = ST_CONNECTING;
     connecting++;
-    if (connect(s->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
+    int now = connect(s->fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (!now && errno != EINPROGRESS) {
         sub_fail(s);
         return;
     }
-    struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = i};
+    /* On loopback the connection is often complete at once: then the
+     * request goes out now, with no epoll round (a cheaper storm). */
+    struct epoll_event ev = {.events = now ? EPOLLIN : EPOLLOUT, .data.u32 = i};
     epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
+    if (now) sub_send_request(i, 0);
 }
 
-static void sub_request(int i) {
+static void sub_connected(int i) {
     Sub *s = &subs[i];
     int err = 0;
     socklen_t el = sizeof err;
@@ -335,6 +359,11 @@ static void sub_request(int i) {
         sub_fail(s);
         return;
     }
+    sub_send_request(i, 1);
+}
+
+static void sub_send_request(int i, int switch_to_input) {
+    Sub *s = &subs[i];
     char req[512], channel[32];
     if (!strcmp(opt_mode, "p2p")) snprintf(channel, sizeof channel, "t%d", i);
     else snprintf(channel, sizeof channel, "all");
@@ -353,8 +382,10 @@ static void sub_request(int i) {
     }
     s->state = ST_HEAD;
     s->head = malloc(HEAD_MAX);
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
-    epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+    if (switch_to_input) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+    }
 }
 
 static void sub_head(Sub *s, const char *p, int len, int64_t t) {
@@ -502,7 +533,7 @@ static void pump(int timeout_ms) {
             continue;
         }
         Sub *s = &subs[id];
-        if (s->state == ST_CONNECTING) sub_request(id);
+        if (s->state == ST_CONNECTING) sub_connected(id);
         else if (s->state != ST_DEAD) sub_readable(id);
     }
 }
@@ -633,6 +664,7 @@ static void point_to_point(long base) {
     /* nchan answers every POST; pyhasses' control port takes plain lines,
      * and every per_ack-th one asks for an acknowledgement (flow control). */
     int per_ack = opt_server == SRV_NCHAN || opt_window < 2 ? 1 : opt_window / 2;
+    if (getenv("LOADGEN_ACK_EVERY")) per_ack = atoi(getenv("LOADGEN_ACK_EVERY"));
     long sent = 0, acks0 = acks, acked_sent = 0;
     int64_t deadline = t0 + (int64_t)(opt_wait * 1e9) * 4;
     while (sent < m && now_ns() < deadline) {

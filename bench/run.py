@@ -292,14 +292,30 @@ def run_all(args) -> list:
 
 
 # -- reporting ---------------------------------------------------------------------------
+#: Share of a scenario's time that the server or the load generator spent
+#: runnable but waiting for its core (other processes had it): above this,
+#: the figure is marked as disturbed.
+DISTURBED = 0.10
+
+
+def mark_of(r: dict) -> str:
+    """"!": the load generator was saturated; "~": someone else had a core."""
+    if r.get("saturated"):
+        return "!"
+    if max(r.get("server_runq_wait", 0), r.get("loadgen_runq_wait", 0)) > DISTURBED:
+        return "~"
+    return ""
+
+
 def medians(results: list) -> dict:
-    """(server, n, scenario, metric) -> (median, saturated in any run)."""
+    """(server, n, scenario, metric) -> (median, marks of every run)."""
     groups: dict = {}
     for r in results:
         for key, value in r.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                groups.setdefault((r["server"], r["n"], r["scenario"], key), []).append((value, r["saturated"]))
-    return {k: (statistics.median(v for v, _ in vs), any(s for _, s in vs)) for k, vs in groups.items()}
+                groups.setdefault((r["server"], r["n"], r["scenario"], key), []).append((value, mark_of(r)))
+    return {k: (statistics.median(v for v, _ in vs), "".join(sorted(set(m for _, m in vs))))
+            for k, vs in groups.items()}
 
 
 def fmt(value) -> str:
@@ -320,9 +336,9 @@ def table(med: dict, ns: list, servers: list) -> str:
         for n in ns:
             values = []
             for s in servers:
-                v, saturated = med.get((s, n, scenario, metric), (None, False))
+                v, marks = med.get((s, n, scenario, metric), (None, ""))
                 values.append(v)
-                row.append(fmt(v) + (" !" if saturated else ""))
+                row.append(fmt(v) + (" " + marks if marks else ""))
             if len(servers) == 2:
                 a, b = values
                 row.append(f"{a / b:.2f}x" if a is not None and b and metric not in ("lost",) else "")
@@ -366,9 +382,9 @@ def verdicts(med: dict, ns: list) -> list:
           d_py >= 2.5 * d_nc and d_py >= 0.9 * d_small,
           f"{d_py / d_nc:.2f}x nchan, {d_py / d_small:.2f}x our N={small}")
     e_py, e_nc = get(py, big, "e", "handshakes_per_s"), get(nc, big, "e", "handshakes_per_s")
-    lg_sat = med.get((py, big, "e", "handshakes_per_s"), (0, False))[1]
+    lg_sat = "!" in med.get((nc, big, "e", "handshakes_per_s"), (0, ""))[1]
     check(f"(e) N={big}: handshakes/s >= nchan's", e_py >= e_nc,
-          f"{e_py / e_nc:.2f}x" + (" (load generator saturated)" if lg_sat else ""))
+          f"{e_py / e_nc:.2f}x" + (" (the load generator was saturated on nchan)" if lg_sat else ""))
     f_py = max(get(py, n, "f", "bytes_per_conn") for n in ns)
     f_nc = get(nc, big, "f", "bytes_per_conn")
     check("(f) <= 1 KB per idle connection", f_py <= 1024, f"{f_py:.0f} B (nchan {f_nc:.0f} B at N={big})")
@@ -396,7 +412,7 @@ def machine() -> str:
 def report(args, results: list, command: str) -> str:
     med = medians(results)
     servers = [s for s in ("pyhasses", "nchan") if s in args.servers]
-    saturated = any(r["saturated"] for r in results)
+    marks = {mark_of(r) for r in results}
     lines = [
         f"date:     {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"machine:  {machine()}",
@@ -408,8 +424,11 @@ def report(args, results: list, command: str) -> str:
         table(med, args.n, servers),
         "",
     ]
-    if saturated:
+    if "!" in marks:
         lines.append("! = the load generator used > 90% of its core in some run: that figure is not trustworthy")
+    if "~" in marks:
+        lines.append(f"~ = in some run the server or the load generator waited for its core more than"
+                     f" {DISTURBED:.0%} of the time (other processes were using it): a disturbed figure")
     lines += verdicts(med, args.n)
     return "\n".join(lines)
 
