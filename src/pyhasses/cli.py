@@ -9,6 +9,7 @@ Must not touch: sockets, logging handlers.  ``service.run`` does the rest.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pwd
 import sys
 from typing import Callable, Optional
@@ -81,8 +82,9 @@ OPTIONS = (
     Option(("-l",), "--log-file", "logfile", "PATH", "log file in daemon mode (default /var/log/pyhasses.log)"),
     Option(("-pidfile",), "--pidfile", "pidfile", "PATH", "pid file, removed on exit"),
     Option(("-ssl",), "--ssl", "ssl", None, "serve HTTPS"),
-    Option(("-cert-file",), "--cert-file", "cert_file", "PEM", "TLS certificate (with -ssl)"),
-    Option(("-privatekey-file",), "--privatekey-file", "key_file", "PEM", "TLS private key (with -ssl)"),
+    Option(("-cert-file",), "--cert-file", "cert_file", "PEM", "TLS certificate (with -ssl)", os.path.abspath),
+    Option(("-privatekey-file",), "--privatekey-file", "key_file", "PEM", "TLS private key (with -ssl)",
+           os.path.abspath),
     Option(("-cors-base",), "--cors-base", "cors_base", "URL", "value of Access-Control-Allow-Origin (default *)"),
     Option(("-ra",), "--reinit", "reinit", None, "allow re-initialisation of an established stream"),
     Option(("-user",), "--user", "user", "NAME", "drop privileges to NAME after opening ports and files"),
@@ -113,6 +115,8 @@ OPTIONS = (
            lambda t: parse_seconds(t, "--idle-flush")),
 
     # -- TLS (issue 3) --
+    Option((), "--key-passphrase-file", "key_passphrase_file", "PATH",
+           "file whose first line is the passphrase of an encrypted -privatekey-file", os.path.abspath),
 
     # -- service: daemon mode, config file (issue 4) --
 

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from . import delivery, http
+from . import delivery, http, tls
 from .control import Framer
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
@@ -288,6 +288,15 @@ class SseClient(Connection):
 
     def tls_info(self) -> str:
         return ""
+
+    def last_words(self) -> None:
+        """At shutdown: end the stream and make one try to send what is queued."""
+        if self.established:
+            self.outbox.append(LAST_CHUNK)
+        try:
+            self.outbox.flush(self.sock)
+        except OSError:
+            pass
 
     # -- input --------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
@@ -636,3 +645,112 @@ class FifoReader:
         self.ctx.reactor.unregister(self.fd)
         self.input.cancel()
         os.close(self.fd)
+
+
+class TlsSseClient(SseClient):
+    """An SSE client on the HTTPS port: the same HTTP and SSE code as a plain
+    one, with a ``tls.TlsPump`` between it and the socket.
+
+    The outbox is shared by both forms of the bytes: ``deliver`` and
+    ``write`` append plaintext behind the ciphertext not yet sent, and each
+    flush first seals that plaintext (one TLS write for everything queued
+    during the pass) into one ciphertext chunk.  So a fan-out still appends
+    the same bytes object to every recipient, and the queue limit counts
+    the same bytes as for a plain client.
+    """
+
+    kind = "TLS client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str):
+        self.pump = tls.TlsPump(ctx.tls.context)
+        self._cipher_chunks = 0  # the outbox's first chunks (from its head) that are sealed already
+        super().__init__(ctx, sock, peer)
+
+    def tls_info(self) -> str:
+        pump = self.pump
+        if pump.state == tls.HANDSHAKE:
+            return "TLS: handshake in progress"
+        return f"TLS: {pump.version() or '-'} cipher {pump.cipher() or '-'} ({pump.state})"
+
+    # -- ciphertext in ------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        for event in self.pump.receive(data):
+            if self.closed:
+                return
+            if isinstance(event, tls.Plaintext):
+                if not self.closing:
+                    super().on_data(event.data)
+            elif isinstance(event, tls.TlsEstablished):
+                if self.ctx.log.debugging:
+                    self.ctx.log.debug(f"TLS established <{self.fd}> {self.peer}: {event.version} {event.cipher}"
+                                       f" ALPN {event.alpn or '-'}")
+            elif isinstance(event, tls.PeerClosed):
+                self.close_after_flush()  # our close_notify is queued in answer
+            elif isinstance(event, tls.TlsFailed):
+                what = "TLS handshake failed" if event.during_handshake else "TLS error"
+                self.close(f"{what}: {event.reason}")
+                return
+        if self.pump.has_outgoing and not self.closed:
+            self.schedule_flush()
+
+    def on_eof(self) -> None:
+        if self.pump.state == tls.HANDSHAKE:
+            self.pump.end_of_input()
+            self.close("closed by peer during the TLS handshake")
+        else:
+            super().on_eof()
+
+    # -- ciphertext out -----------------------------------------------------
+    def flush(self) -> None:
+        if not self.closed:
+            self._seal()
+        super().flush()
+        self._cipher_chunks = self.outbox.unsent_chunks()
+
+    def _seal(self) -> None:
+        """Encrypt the plaintext queued behind the sealed chunks (one TLS
+        write), add close_notify once closing, and queue the ciphertext."""
+        plain = self.outbox.take_tail(self._cipher_chunks)
+        if plain:
+            self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain))
+        if self.closing:
+            self.pump.close()
+        self.outbox.append(self.pump.outgoing())
+        self._cipher_chunks = self.outbox.unsent_chunks()
+
+    def last_words(self) -> None:
+        """At shutdown: end the stream, seal it with close_notify, one try to send."""
+        if self.established:
+            self.outbox.append(LAST_CHUNK)
+        self._send_once()
+
+    def _send_once(self) -> None:
+        """Seal what is queued, then close_notify, and make one try to send."""
+        self._seal()
+        self.pump.close()
+        self._seal()
+        try:
+            self.outbox.flush(self.sock)
+        except OSError:
+            pass
+        self._cipher_chunks = self.outbox.unsent_chunks()
+
+    # -- closing ------------------------------------------------------------
+    def _timeout(self, why: str) -> None:
+        if why == "handshake" and self.pump.state == tls.HANDSHAKE:
+            self._timer = None
+            self.close(f"TLS handshake not completed within {self.ctx.settings.handshake_timeout:g} s")
+        else:
+            super()._timeout(why)
+
+    def close(self, reason: str, quiet: bool = False) -> None:
+        """Every close says close_notify (or the handshake's alert) first,
+        on a best-effort send that never waits.  Not when the peer's window
+        is full (a slow reader): nothing more would leave, so nothing more
+        is encrypted."""
+        if not self.closed and not self._writing:
+            try:
+                self._send_once()
+            except Exception as exc:  # a courtesy must never keep a socket open
+                self.ctx.log.error(f"{self.kind} {self.peer}: no close_notify sent: {exc!r}")
+        super().close(reason, quiet)

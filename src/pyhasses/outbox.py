@@ -40,6 +40,19 @@ class Outbox:
             self._chunks.append(data)
             self._size += len(data)
 
+    def unsent_chunks(self) -> int:
+        """How many queued objects are left (a partly sent one counts)."""
+        return len(self._chunks) - self._head
+
+    def take_tail(self, keep: int) -> list:
+        """Remove and return the objects queued after the first ``keep``
+        unsent ones (TLS replaces plaintext queued there by its ciphertext)."""
+        start = self._head + keep
+        tail = self._chunks[start:]
+        del self._chunks[start:]
+        self._size -= sum(map(len, tail))
+        return tail
+
     def unsent(self, index: int):
         """The ``index``-th queued chunk (0: the next to leave, possibly
         partly sent), or None."""

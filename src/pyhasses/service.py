@@ -21,8 +21,8 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__, delivery, metrics
-from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient
+from . import __version__, delivery, metrics, tls
+from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient
 from .control import ControlHandler
 from .flushqueue import FlushQueue
 from .history import History
@@ -51,8 +51,9 @@ class Runtime:
 class Daemon:
     """The running daemon: what every connection reaches through ``ctx``."""
 
-    def __init__(self, settings: Settings, log: Log):
+    def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None):
         self.settings = settings
+        self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
         self.runtime = Runtime(settings)
         self.hub = Hub()
@@ -96,6 +97,7 @@ class Daemon:
             "msgsendcnt": hub.counters.msgsendcnt,
         }
         info.setdefault("extra", {}).update(self.delivery_status())
+        self._add_tls_status(info)
         return info
 
     def delivery_status(self) -> dict:
@@ -138,6 +140,15 @@ class Daemon:
     def metrics_text(self) -> str:
         return metrics.render(self.status_info())
 
+    def _add_tls_status(self, info: dict) -> None:
+        """The certificate in use: lines for the status block, keys for tcpstatus."""
+        if self.tls is None:
+            return
+        cert = self.tls.info
+        info.setdefault("mode_details", []).extend(
+            [f"Certificate: {cert.subject}", f"Certificate expires: {cert.expiry_text()}"])
+        info.setdefault("extra", {}).update({"certsubject": cert.subject, "certexpires": cert.expiry_text()})
+
     def client_list_lines(self) -> list:
         clients = sorted(self.hub.clients, key=lambda c: c.connected_at)
         return client_list_block(clients)
@@ -153,8 +164,15 @@ class Daemon:
         cap = self.settings.max_clients
         if cap and len(self.hub.clients) >= cap:
             self.hub.counters.refused += 1
+            if self.tls is not None:
+                # A 503 would cost a TLS handshake first; shedding load must stay cheap.
+                self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); "
+                              "closed before the TLS handshake")
+                return Refused(self, sock, peer, b"")
             self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); answered 503")
             return Refused(self, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
+        if self.tls is not None:
+            return TlsSseClient(self, sock, peer)
         return SseClient(self, sock, peer)
 
     def _new_metrics_client(self, sock, peer):
@@ -233,18 +251,29 @@ class Daemon:
     def _on_hangup(self, signum: int) -> None:
         self.log.reopen()
         self.log.info("SIGHUP: log file reopened")
+        if self.tls is not None:
+            self._reload_certificate()
+
+    def _reload_certificate(self) -> None:
+        """New connections get the new pair; open ones keep their session.
+        A pair that fails any start-up check is refused and the old one kept."""
+        s = self.settings
+        try:
+            new = tls.prepare(s.cert_file, s.key_file, s.key_passphrase_file)
+        except tls.CertificateError as exc:
+            self.log.error(f"SIGHUP: certificate not reloaded, keeping the old one: {exc}")
+            return
+        self.tls = new
+        self.log.out(f"SIGHUP: certificate reloaded: {new.info.subject}, expires {new.info.expiry_text()}")
+        if new.warning:
+            self.log.out(new.warning)
 
     def shutdown(self) -> None:
         """End every stream with the terminating chunk, then close all."""
         for listener in self.listeners:
             listener.close()
         for client in list(self.hub.clients):
-            if client.established:
-                client.outbox.append(LAST_CHUNK)
-            try:
-                client.outbox.flush(client.sock)
-            except OSError:
-                pass
+            client.last_words()
             client.close("daemon stopping", quiet=True)
         for conn in list(self.control_clients):
             conn.close("daemon stopping", quiet=True)
@@ -387,6 +416,7 @@ def run(settings: Settings) -> int:
     opened: list = []
     try:
         pidfile.check()
+        tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
         sse_socks = _bind(settings.sse, "SSE port")
         opened += sse_socks
@@ -422,7 +452,7 @@ def run(settings: Settings) -> int:
         except StartError as exc:
             return _fail(log, str(exc), opened)
 
-    daemon = Daemon(settings, log)
+    daemon = Daemon(settings, log, tls_setup)
     try:
         pidfile.write()
     except StartError as exc:
@@ -437,6 +467,19 @@ def run(settings: Settings) -> int:
         if daemon_context is not None:
             daemon_context.close()
     return daemon.exit_status
+
+
+def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
+    """Check the certificate and key and build the context, before any port
+    is opened: a bad pair must stop the start, not the first handshake."""
+    try:
+        setup = tls.prepare(settings.cert_file, settings.key_file, settings.key_passphrase_file)
+    except tls.CertificateError as exc:
+        raise StartError(str(exc)) from None
+    log.info(f"TLS certificate: {setup.info.subject}, expires {setup.info.expiry_text()}")
+    if setup.warning:
+        log.out(setup.warning)
+    return setup
 
 
 def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:

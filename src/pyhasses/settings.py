@@ -70,6 +70,7 @@ class Settings:
     idle_flush: float = 0.5
 
     # -- TLS (issue 3) --
+    key_passphrase_file: Optional[str] = None  # first line: the private key's passphrase
 
     # -- service: daemon mode, config file (issue 4) --
 
