@@ -13,6 +13,8 @@
  *              then (a) acked one by one, (b) one batch, (c) a fixed rate
  *   p2p        storm, then (d): each subscriber on its own channel,
  *              messages to random channels with a window of unacked ones
+ *   tls        storm and memory only ("ge", "gf"), every subscriber over
+ *              TLS (OpenSSL, a full handshake each, no session reuse)
  *
  * Output: one JSON object per line and scenario.  Each carries the load
  * generator's CPU share over the scenario (getrusage) and the server's (from
@@ -41,8 +43,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 enum { SRV_PYHASSES, SRV_NCHAN };
-enum { ST_CONNECTING, ST_HEAD, ST_STREAM, ST_DEAD };
+enum { ST_CONNECTING, ST_TLS, ST_HEAD, ST_STREAM, ST_DEAD };
 enum { CH_SIZE, CH_DATA, CH_CRLF };
 
 #define HEAD_MAX 4096
@@ -50,6 +55,7 @@ enum { CH_SIZE, CH_DATA, CH_CRLF };
 #define PUB_ID (-1)
 
 typedef struct {
+    SSL *ssl;            /* --mode tls only */
     int fd;
     unsigned char state, chunked, chunk_state, in_ext;
     int64_t chunk_left;
@@ -70,6 +76,7 @@ static const char *opt_only = "abc";
 
 /* -- state ------------------------------------------------------------ */
 static int ep;
+static SSL_CTX *tls_ctx; /* --mode tls: subscribers speak TLS */
 static Sub *subs;
 static int connecting, established, dead, next_to_open;
 static int64_t t_last_handshake;
@@ -316,7 +323,7 @@ static void close_reset(int fd) {
 }
 
 static void sub_fail(Sub *s) {
-    if (s->state == ST_CONNECTING || s->state == ST_HEAD) connecting--;
+    if (s->state == ST_CONNECTING || s->state == ST_TLS || s->state == ST_HEAD) connecting--;
     else if (s->state == ST_STREAM) established--;
     s->state = ST_DEAD;
     dead++;
@@ -325,9 +332,44 @@ static void sub_fail(Sub *s) {
     s->fd = -1;
     free(s->head);
     s->head = NULL;
+    if (s->ssl) SSL_free(s->ssl);
+    s->ssl = NULL;
 }
 
 static void sub_send_request(int i, int switch_to_input);
+static void sub_tls_step(int i);
+
+static void sub_watch(int i, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.u32 = i};
+    epoll_ctl(ep, EPOLL_CTL_MOD, subs[i].fd, &ev);
+}
+
+static void sub_tls_start(int i) {
+    Sub *s = &subs[i];
+    s->ssl = SSL_new(tls_ctx);
+    if (!s->ssl) die("SSL_new failed");
+    SSL_set_fd(s->ssl, s->fd);
+    SSL_set_connect_state(s->ssl);
+    s->state = ST_TLS;
+    sub_tls_step(i);
+}
+
+/* Drive the TLS handshake; when done, send the request over it. */
+static void sub_tls_step(int i) {
+    Sub *s = &subs[i];
+    int r = SSL_do_handshake(s->ssl);
+    if (r == 1) {
+        sub_send_request(i, 1);
+        return;
+    }
+    int err = SSL_get_error(s->ssl, r);
+    if (err == SSL_ERROR_WANT_READ) sub_watch(i, EPOLLIN);
+    else if (err == SSL_ERROR_WANT_WRITE) sub_watch(i, EPOLLOUT);
+    else {
+        ERR_clear_error();
+        sub_fail(s);
+    }
+}
 
 static void sub_open(int i) {
     Sub *s = &subs[i];
@@ -347,7 +389,8 @@ static void sub_open(int i) {
      * request goes out now, with no epoll round (a cheaper storm). */
     struct epoll_event ev = {.events = now ? EPOLLIN : EPOLLOUT, .data.u32 = i};
     epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
-    if (now) sub_send_request(i, 0);
+    if (now && tls_ctx) sub_tls_start(i);
+    else if (now) sub_send_request(i, 0);
 }
 
 static void sub_connected(int i) {
@@ -359,7 +402,8 @@ static void sub_connected(int i) {
         sub_fail(s);
         return;
     }
-    sub_send_request(i, 1);
+    if (tls_ctx) sub_tls_start(i);
+    else sub_send_request(i, 1);
 }
 
 static void sub_send_request(int i, int switch_to_input) {
@@ -376,7 +420,7 @@ static void sub_send_request(int i, int switch_to_input) {
         len = snprintf(req, sizeof req,
                        "GET /sse?subscribe=%s HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n",
                        channel);
-    if (send(s->fd, req, len, MSG_NOSIGNAL) != len) {
+    if (s->ssl ? SSL_write(s->ssl, req, len) != len : send(s->fd, req, len, MSG_NOSIGNAL) != len) {
         sub_fail(s);
         return;
     }
@@ -419,12 +463,31 @@ static void sub_head(Sub *s, const char *p, int len, int64_t t) {
 
 static char rbuf[1 << 20];
 
+/* One read of decrypted bytes: > 0 bytes, 0 nothing now, -1 gone. */
+static ssize_t sub_recv(Sub *s) {
+    if (!s->ssl) {
+        ssize_t n = recv(s->fd, rbuf, sizeof rbuf, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+        return n > 0 ? n : -1;
+    }
+    int n = SSL_read(s->ssl, rbuf, sizeof rbuf);
+    if (n > 0) return n;
+    int err = SSL_get_error(s->ssl, n);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return 0;
+    ERR_clear_error();
+    return -1;
+}
+
 static void sub_readable(int i) {
     Sub *s = &subs[i];
+    if (s->state == ST_TLS) {
+        sub_tls_step(i);
+        return;
+    }
     for (;;) {
-        ssize_t n = recv(s->fd, rbuf, sizeof rbuf, 0);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-        if (n <= 0) {
+        ssize_t n = sub_recv(s);
+        if (n == 0) return;
+        if (n < 0) {
             sub_fail(s);
             return;
         }
@@ -560,20 +623,20 @@ static void idle(double seconds) {
 }
 
 /* -- scenarios ------------------------------------------------------------- */
-static void storm(void) {
+static void storm(const char *name_storm, const char *name_memory) {
     long rss_before = server_rss_bytes();
     Mark a = mark();
     int64_t t0 = a.wall;
     int ok = wait_for(all_settled, opt_wait + opt_n / 500.0);
     Mark b = mark();
     double secs = (t_last_handshake - t0) / 1e9;
-    emit_begin("e");
+    emit_begin(name_storm);
     printf(", \"established\": %d, \"failed\": %d, \"complete\": %s, \"seconds\": %.3f, \"handshakes_per_s\": %.0f",
            established, dead, ok ? "true" : "false", secs, secs > 0 ? established / secs : 0.0);
     emit_cpu(a, b);
     idle(1.0); /* let the server settle before reading its memory */
     long rss_after = server_rss_bytes();
-    emit_begin("f");
+    emit_begin(name_memory);
     printf(", \"rss_before\": %ld, \"rss_after\": %ld, \"bytes_per_conn\": %.0f, \"loadgen_cpu\": 0, "
            "\"server_cpu\": 0, \"saturated\": false}\n",
            rss_before, rss_after, established ? (double)(rss_after - rss_before) / established : 0.0);
@@ -729,7 +792,17 @@ int main(int argc, char **argv) {
     }
     ep = epoll_create1(0);
     subs = calloc(opt_n, sizeof *subs);
-    storm();
+    if (!strcmp(opt_mode, "tls")) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx) die("SSL_CTX_new failed");
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF); /* a full handshake each */
+        storm("ge", "gf");
+        for (int i = 0; i < opt_n; i++)
+            if (subs[i].fd > 0) close_reset(subs[i].fd);
+        return 0;
+    }
+    storm("e", "f");
     if (established < opt_n) fprintf(stderr, "loadgen: only %d of %d subscribers established\n", established, opt_n);
     pub_connect();
     if (!strcmp(opt_mode, "p2p")) {

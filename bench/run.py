@@ -64,13 +64,17 @@ ROWS = [
     ("e", "server_cpu", "e   server CPU share", None),
     ("e", "loadgen_cpu", "e   loadgen CPU share", None),
     ("f", "bytes_per_conn", "f memory: bytes/idle conn", False),
+    ("ge", "handshakes_per_s", "g TLS storm: handshakes/s", True),
+    ("ge", "server_cpu", "g   server CPU share", None),
+    ("ge", "loadgen_cpu", "g   loadgen CPU share", None),
+    ("gf", "bytes_per_conn", "g TLS memory: bytes/idle conn", False),
 ]
 
 
 # -- installing and building ------------------------------------------------------
 def install(need_nchan: bool) -> None:
     """apt-get what is missing (gcc; nginx and libnginx-mod-nchan for nchan)."""
-    packages = ["gcc"]
+    packages = ["gcc", "libssl-dev", "openssl"]
     if need_nchan:
         packages += ["nginx", "libnginx-mod-nchan"]
     missing = [p for p in packages if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
@@ -85,8 +89,19 @@ def install(need_nchan: bool) -> None:
 
 def build_loadgen(workdir: Path) -> Path:
     exe = workdir / "loadgen"
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(BENCH / "loadgen.c")], check=True, timeout=120)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(BENCH / "loadgen.c"), "-lssl", "-lcrypto"],
+                   check=True, timeout=120)
     return exe
+
+
+def make_certificate(workdir: Path) -> tuple:
+    """A self-signed P-256 certificate for 127.0.0.1, for both servers."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, timeout=60, capture_output=True)
+    return cert, key
 
 
 # -- processes ------------------------------------------------------------------------
@@ -138,8 +153,8 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 class Pyhasses:
     name = "pyhasses"
 
-    def __init__(self, workdir: Path, core: int | None):
-        self.workdir, self.core = workdir, core
+    def __init__(self, workdir: Path, core: int | None, tls: tuple | None = None):
+        self.workdir, self.core, self.tls = workdir, core, tls
         self.proc = None
 
     def start(self) -> None:
@@ -148,6 +163,8 @@ class Pyhasses:
         # -q: hasses' normal level logs every connect; nginx runs with access_log off.
         argv = [sys.executable, "-m", "pyhasses", "-nodaemon", "-q", f"-p={self.port}", f"-cp={self.pub_port}",
                 "-murl=/sse"]
+        if self.tls:
+            argv += ["-ssl", f"-cert-file={self.tls[0]}", f"-privatekey-file={self.tls[1]}"]
         self.log = open(self.workdir / "pyhasses.log", "ab")
         self.proc = subprocess.Popen(pinned(self.core, argv), env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=raise_nofile, cwd=str(self.workdir))
@@ -187,7 +204,8 @@ http {{
     keepalive_timeout 300s;
     nchan_max_reserved_memory 512M;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} {ssl} backlog=4096;
+        {ssl_files}
         location = /sub {{
             nchan_subscriber eventsource;
             nchan_channel_id $arg_id;
@@ -205,8 +223,8 @@ http {{
 class Nchan:
     name = "nchan"
 
-    def __init__(self, workdir: Path, core: int | None):
-        self.workdir, self.core = workdir / "nginx", core
+    def __init__(self, workdir: Path, core: int | None, tls: tuple | None = None):
+        self.workdir, self.core, self.tls = workdir / "nginx", core, tls
         self.proc = None
 
     def start(self) -> None:
@@ -214,7 +232,9 @@ class Nchan:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
         conf = self.workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(module=NCHAN_MODULE, nofile=NOFILE, dir=self.workdir, port=self.port))
+        ssl_files = f"ssl_certificate {self.tls[0]}; ssl_certificate_key {self.tls[1]};" if self.tls else ""
+        conf.write_text(NGINX_CONF.format(module=NCHAN_MODULE, nofile=NOFILE, dir=self.workdir, port=self.port,
+                                          ssl="ssl" if self.tls else "", ssl_files=ssl_files))
         argv = ["nginx", "-p", str(self.workdir), "-c", str(conf), "-e", str(self.workdir / "error.log")]
         self.log = open(self.workdir / "stdout.log", "ab")
         self.proc = subprocess.Popen(pinned(self.core, argv), stdout=self.log, stderr=subprocess.STDOUT,
@@ -273,20 +293,24 @@ def run_all(args) -> list:
     with tempfile.TemporaryDirectory(prefix="pyhasses-bench-") as tmp:
         workdir = Path(tmp)
         exe = build_loadgen(workdir)
+        certificate = make_certificate(workdir) if not args.no_tls else None
         for n in args.n:
             for run in range(args.runs):
                 for name in args.servers:
-                    server = (Pyhasses if name == "pyhasses" else Nchan)(workdir, server_core)
-                    server.start()
-                    try:
-                        for mode in ("broadcast", "p2p"):
-                            for r in run_loadgen(exe, server, n, mode, args, loadgen_core):
-                                if mode == "p2p" and r["scenario"] in "ef":
-                                    continue  # storm and memory come from the broadcast pass
-                                r["run"] = run
-                                results.append(r)
-                    finally:
-                        server.stop()
+                    kind = Pyhasses if name == "pyhasses" else Nchan
+                    passes = [(None, ("broadcast", "p2p"))] + ([(certificate, ("tls",))] if certificate else [])
+                    for tls, modes in passes:  # a fresh server for the TLS pass: its memory is measured
+                        server = kind(workdir, server_core, tls)
+                        server.start()
+                        try:
+                            for mode in modes:
+                                for r in run_loadgen(exe, server, n, mode, args, loadgen_core):
+                                    if mode == "p2p" and r["scenario"] in ("e", "f"):
+                                        continue  # storm and memory come from the broadcast pass
+                                    r["run"] = run
+                                    results.append(r)
+                        finally:
+                            server.stop()
                     print(f"  done: {name} N={n} run {run + 1}/{args.runs}", file=sys.stderr)
     return results
 
@@ -388,6 +412,11 @@ def verdicts(med: dict, ns: list) -> list:
     f_py = max(get(py, n, "f", "bytes_per_conn") for n in ns)
     f_nc = get(nc, big, "f", "bytes_per_conn")
     check("(f) <= 1 KB per idle connection", f_py <= 1024, f"{f_py:.0f} B (nchan {f_nc:.0f} B at N={big})")
+    g_py, g_nc = get(py, big, "ge", "handshakes_per_s"), get(nc, big, "ge", "handshakes_per_s")
+    if g_py is not None and g_nc:
+        gm_py, gm_nc = get(py, big, "gf", "bytes_per_conn"), get(nc, big, "gf", "bytes_per_conn")
+        check(f"(g) N={big}: TLS storm and memory (no target set)", None,
+              f"{g_py / g_nc:.2f}x nchan's handshakes/s, {gm_py:.0f} vs {gm_nc:.0f} bytes per idle TLS stream")
     lost = sum(get(s, n, sc, "lost") or 0 for s in (py, nc) for n in ns for sc in "abcd")
     lost_py = sum(get(py, n, sc, "lost") or 0 for n in ns for sc in "abcd")
     check("nothing lost (pyhasses)", lost_py == 0, f"{lost_py:.0f} lost (both servers: {lost:.0f})")
@@ -463,6 +492,7 @@ def parse_args(argv=None):
     p.add_argument("--wait", type=float, default=20.0, help="seconds to wait for any one step before giving up")
     p.add_argument("--no-install", action="store_true", help="do not apt-get anything")
     p.add_argument("--no-pin", action="store_true", help="do not pin to cores")
+    p.add_argument("--no-tls", action="store_true", help="skip the TLS storm and memory (g)")
     p.add_argument("--json", help="also write every run's raw figures to this file")
     p.add_argument("--write-readme", action="store_true", help="record the table in bench/README.md and README.rst")
     args = p.parse_args(argv)

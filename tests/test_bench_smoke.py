@@ -1,7 +1,7 @@
 """The benchmark keeps working: bench/run.py end to end at N = 200, one run.
 
 Not a performance test (figures are not judged here, see bench/README.md):
-it checks that the load generator compiles, that every scenario runs against
+it checks that the load generator compiles, that every scenario (TLS too) runs against
 pyhasses (and nginx+nchan when installed), that nothing is lost, and that
 the report is printed.
 """
@@ -31,8 +31,9 @@ def test_benchmark_runs_every_scenario_at_n_200(tmp_path):
     results = json.loads(out.read_text())
     for server in servers:
         got = {r["scenario"]: r for r in results if r["server"] == server}
-        assert sorted(got) == list("abcdef"), (server, sorted(got))
+        assert sorted(got) == list("abcdef") + ["ge", "gf"], (server, sorted(got))
         assert got["e"]["established"] == 200 and got["e"]["handshakes_per_s"] > 0
+        assert got["ge"]["established"] == 200, got["ge"]  # over TLS
         assert got["f"]["rss_after"] > 0
         for scenario in "abcd":
             assert got[scenario]["received"] == got[scenario]["expected"] > 0, got[scenario]
