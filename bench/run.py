@@ -332,14 +332,23 @@ def mark_of(r: dict) -> str:
 
 
 def medians(results: list) -> dict:
-    """(server, n, scenario, metric) -> (median, marks of every run)."""
+    """(server, n, scenario, metric) -> (median, marks).
+
+    The median is taken over the undisturbed runs of that cell (no "~":
+    neither process waited for its core), or over all of them when every run
+    was disturbed; then the cell is marked "~".  Other sessions' test suites
+    come and go on this machine, and one of their bursts should not decide
+    a figure when other runs of it were clean."""
     groups: dict = {}
     for r in results:
         for key, value in r.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 groups.setdefault((r["server"], r["n"], r["scenario"], key), []).append((value, mark_of(r)))
-    return {k: (statistics.median(v for v, _ in vs), "".join(sorted(set(m for _, m in vs))))
-            for k, vs in groups.items()}
+    out = {}
+    for key, runs in groups.items():
+        clean = [(v, m) for v, m in runs if "~" not in m] or runs
+        out[key] = (statistics.median(v for v, _ in clean), "".join(sorted(set(m for _, m in clean))))
+    return out
 
 
 def fmt(value) -> str:
@@ -447,7 +456,8 @@ def report(args, results: list, command: str) -> str:
         f"machine:  {machine()}",
         "versions: " + "; ".join([Pyhasses.version()] + ([Nchan.version()] if "nchan" in servers else [])),
         f"command:  {command}",
-        f"medians of {args.runs} run(s); server pinned to core 0, load generator to core 1; loopback;"
+        f"medians of {args.runs} run(s) (of the undisturbed ones where there are any); server pinned to"
+        f" core 0, load generator to core 1; loopback;"
         f" a/b: {args.messages} messages, c: {args.rate_messages} at {args.rate}/s, d: {args.p2p_messages} messages",
         "",
         table(med, args.n, servers),
@@ -456,7 +466,7 @@ def report(args, results: list, command: str) -> str:
     if "!" in marks:
         lines.append("! = the load generator used > 90% of its core in some run: that figure is not trustworthy")
     if "~" in marks:
-        lines.append(f"~ = in some run the server or the load generator waited for its core more than"
+        lines.append(f"~ = in every run the server or the load generator waited for its core more than"
                      f" {DISTURBED:.0%} of the time (other processes were using it): a disturbed figure")
     lines += verdicts(med, args.n)
     return "\n".join(lines)

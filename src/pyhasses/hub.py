@@ -230,7 +230,8 @@ class Hub:
             extra = len(datas) - 1
             for client in found:
                 client.deliver(data)
-                client.messages += extra  # one queue step, several events
+                if extra:
+                    client.messages += extra  # one queue step, several events
 
     # -- questions ----------------------------------------------------------
     def subscribed_count(self, token: str) -> int:
