@@ -727,7 +727,6 @@ static void point_to_point(long base) {
     /* nchan answers every POST; pyhasses' control port takes plain lines,
      * and every per_ack-th one asks for an acknowledgement (flow control). */
     int per_ack = opt_server == SRV_NCHAN || opt_window < 2 ? 1 : opt_window / 2;
-    if (getenv("LOADGEN_ACK_EVERY")) per_ack = atoi(getenv("LOADGEN_ACK_EVERY"));
     long sent = 0, acks0 = acks, acked_sent = 0;
     int64_t deadline = t0 + (int64_t)(opt_wait * 1e9) * 4;
     while (sent < m && now_ns() < deadline) {
