@@ -450,7 +450,7 @@ def machine() -> str:
 def report(args, results: list, command: str) -> str:
     med = medians(results)
     servers = [s for s in ("pyhasses", "nchan") if s in args.servers]
-    marks = {mark_of(r) for r in results}
+    marks = "".join(m for _, m in med.values())
     lines = [
         f"date:     {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"machine:  {machine()}",
