@@ -1,15 +1,15 @@
 #!/bin/sh
-# Debian's Chromium and ChromeDriver for tests/test_browser.py (the browser
-# tests skip without them).  Safe to run again: installs only what is missing,
-# and refreshes the package lists only when a package is not known yet.
+# Debian's Chromium for tests/test_browser.py and PHP for the PHP example in
+# tests/test_examples.py (those tests skip without them).  Safe to run again:
+# does nothing when both are installed, else one apt-get update and install.
 set -eu
 missing=""
-for pkg in chromium chromium-driver; do
+for pkg in chromium php-cli; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
-    echo "clients.sh: not root; cannot install$missing (browser tests will be skipped)" >&2
+    echo "clients.sh: not root; cannot install$missing (browser and PHP tests will be skipped)" >&2
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
