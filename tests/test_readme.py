@@ -33,7 +33,7 @@ def test_option_table_matches_the_options_and_their_defaults():
 def test_readme_renders_as_restructuredtext_without_warnings():
     core = pytest.importorskip("docutils.core", reason="docutils is not installed (pip install '.[test]')")
     warnings = io.StringIO()
-    core.publish_string(README, writer_name="html",
-                        settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5})
+    core.publish_doctree(README, settings_overrides={"warning_stream": warnings, "report_level": 2,
+                                                     "halt_level": 5})
     assert warnings.getvalue() == ""
 
