@@ -71,7 +71,8 @@ OPTIONS = (
     Option(("-cp",), "--control-port", "control", "[ADDR:]PORT", "TCP control port (loopback unless an address is given)",
            lambda t: parse_endpoint(t, "-cp")),
     Option(("-fifo",), "--fifo", "fifo", "PATH", "control FIFO, created if missing"),
-    Option(("-sep", "-F"), "--separator", "separator", "C", "message delimiter on the control channels (default ;)"),
+    Option(("-sep", "-F"), "--separator", "separator", "C",
+           "message delimiter on the control channels: its first character (default ;)", lambda t: t[:1]),
     Option(("-q",), "--quiet", "loglevel", None, "log level 0: errors and command output", const=0),
     Option(("-debug",), "--debug", "loglevel", None, "log level 2: debug", const=2),
     Option(("-l",), "--log-file", "logfile", "PATH", "log file in daemon mode (default /var/log/pyhasses.log)"),
@@ -208,6 +209,7 @@ def build_settings(raw: dict) -> Settings:
     if "port" not in raw:
         raise SettingsError("missing -p=PORT (the SSE listening port)")
     sse: Endpoint = raw.pop("port")
+    raw.setdefault("match_url", "")
     if "bind" in raw:
         sse = Endpoint(sse.port, expand_hosts([raw.pop("bind")]))
     control = raw.pop("control", None)

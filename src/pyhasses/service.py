@@ -287,9 +287,12 @@ def run(settings: Settings) -> int:
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
-        if settings.control and any(not _is_loopback(s) for s in control_socks):
-            log.out(f"WARNING: control port listens on {settings.control.describe()}: "
-                    "anyone who reaches it can publish")
+        if settings.control:
+            where = ", ".join(sock_name(s) for s in control_socks)
+            if all(_is_loopback(s) for s in control_socks):
+                log.info(f"Control port listens on {where} (loopback only)")
+            else:
+                log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
         fifo_fd = open_fifo(settings.fifo, settings.fifo_mode) if settings.fifo else None
         if fifo_fd is not None:
             opened.append(fifo_fd)

@@ -1,0 +1,152 @@
+"""Request heads and answers on the SSE port, bytes only (PROTOCOL.md 3)."""
+
+import re
+
+from pyhasses import http
+
+URL = "/sse"
+GOOD = b"GET /sse?subscribe=room1-room2&id=u1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nUser-Agent: UA/1\r\n\r\n"
+
+
+def feed_all(*parts, limit=32768):
+    reader = http.RequestReader(limit)
+    out = []
+    for p in parts:
+        out += reader.feed(p)
+    return out
+
+
+def decide(raw):
+    [head] = feed_all(raw)
+    assert isinstance(head, http.RequestHead), head
+    return http.decide(head, URL, 128)
+
+
+def test_head_split_in_two_is_joined():
+    for cut in (1, 10, len(GOOD) - 2, len(GOOD) - 1):
+        out = feed_all(GOOD[:cut], GOOD[cut:])
+        assert len(out) == 1 and isinstance(out[0], http.RequestHead)
+
+
+def test_incomplete_head_waits():
+    assert feed_all(GOOD[:-2]) == []
+
+
+def test_stream_request_fields():
+    req = decide(GOOD)
+    assert isinstance(req, http.StreamRequest)
+    assert req.tokens == ["room1", "room2"]
+    assert req.uniq_id == "u1"
+    assert req.agent == "UA/1"
+
+
+def test_query_percent_decoded_and_any_order():
+    req = decide(b"GET /sse?id=a%20b&subscribe=caf%C3%A9-x%2Fy HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+    assert req.tokens == ["café", "x/y"]
+    assert req.uniq_id == "a b"
+
+
+def test_bare_lf_head_accepted():
+    out = feed_all(b"GET /sse?subscribe=a HTTP/1.1\nConnection: keep-alive\n\n")
+    assert isinstance(http.decide(out[0], URL, 128), http.StreamRequest)
+
+
+def test_connection_token_case_and_list():
+    for value in (b"Keep-Alive", b"KEEP-ALIVE", b"keep-alive, Upgrade", b"Upgrade,keep-alive"):
+        raw = b"GET /sse?subscribe=a HTTP/1.1\r\nconnection: " + value + b"\r\n\r\n"
+        assert isinstance(decide(raw), http.StreamRequest), value
+
+
+def test_upgrade_header_does_not_break_head():
+    raw = b"GET /sse?subscribe=a HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert isinstance(decide(raw), http.StreamRequest)
+
+
+def test_missing_keepalive_is_400():
+    d = decide(b"GET /sse?subscribe=a HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert (d.status, d.kind) == (400, "error")
+    d = decide(b"GET /sse?subscribe=a HTTP/1.1\r\n\r\n")
+    assert d.status == 400
+
+
+def test_missing_subscribe_is_400():
+    assert decide(b"GET /sse?id=1 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").status == 400
+    assert decide(b"GET /sse HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").status == 400
+
+
+def test_wrong_path_is_404():
+    for target in (b"/", b"/ssex?subscribe=a", b"/sse/x", b"/other?subscribe=a"):
+        d = decide(b"GET " + target + b" HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+        assert d.status == 404, target
+
+
+def test_http10_is_501():
+    assert decide(b"GET /sse?subscribe=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").status == 501
+
+
+def test_other_methods_are_501():
+    for m in (b"POST", b"PUT", b"DELETE", b"TRACE", b"PATCH"):
+        d = decide(m + b" /sse HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert d.status == 501, m
+
+
+def test_unknown_method_token_is_501_not_400():
+    [bad] = feed_all(b"FOO /sse HTTP/1.1\r\n\r\n")
+    assert isinstance(bad, http.BadHead) and bad.status == 501
+
+
+def test_head_and_options():
+    assert decide(b"HEAD /sse HTTP/1.1\r\n\r\n").kind == "head"
+    assert decide(b"OPTIONS /sse HTTP/1.1\r\n\r\n").kind == "options"
+    assert decide(b"OPTIONS * HTTP/1.1\r\n\r\n").kind == "options"
+    assert decide(b"HEAD * HTTP/1.1\r\n\r\n").status == 404
+
+
+def test_junk_refused_at_once():
+    for junk in (b"\x00", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"hello there", b"GET /\x00"):
+        out = feed_all(junk)
+        assert len(out) == 1 and isinstance(out[0], http.BadHead) and out[0].status == 400, junk
+
+
+def test_oversize_head_is_431():
+    out = feed_all(b"GET /sse HTTP/1.1\r\nX: " + b"a" * 5000, limit=4096)
+    assert isinstance(out[0], http.BadHead) and out[0].status == 431
+
+
+def test_long_token_refused():
+    raw = b"GET /sse?subscribe=" + b"a" * 129 + b" HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"
+    assert decide(raw).status == 400
+    raw = b"GET /sse?subscribe=" + b"a" * 128 + b" HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"
+    assert decide(raw).tokens == ["a" * 128]
+
+
+def test_pipelined_heads_both_read():
+    out = feed_all(GOOD + GOOD)
+    assert len(out) == 2
+
+
+def test_handshake_bytes():
+    got = http.handshake(b"https://example.com")
+    got = re.sub(rb"Date: [^\r]*\r\n", b"Date: X\r\n", got)
+    assert got == (
+        b"HTTP/1.1 200 OK\r\nDate: X\r\nServer: AsyncSSEServer (Hyper)\r\n"
+        b"Access-Control-Allow-Origin: https://example.com\r\n"
+        b"Access-Control-Allow-Methods: GET\r\n"
+        b"Access-Control-Allow-Headers: cache-control, last-event-id, X-Requested-With\r\n"
+        b"Cache-Control: no-cache\r\nKeep-Alive: timeout=300, max=100\r\nConnection: Keep-Alive\r\n"
+        b"Transfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\nX-Accel-Buffering: no\r\n\r\n"
+    )
+
+
+def test_error_answers_have_consistent_length():
+    for status in (400, 404, 431, 501):
+        raw = http.error(status, b"*")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        assert length == len(body)
+        assert b"Connection: close\r\n" in head
+        assert head.endswith(b"Content-Type: text/html; charset=utf8")
+
+
+def test_date_format():
+    assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n", http.http_date())

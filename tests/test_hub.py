@@ -1,0 +1,130 @@
+"""Routing rules and the index, without I/O (PROTOCOL.md 5)."""
+
+import pytest
+
+from pyhasses.hub import Hub, RoutingError, Target, parse_target
+
+
+class Client:
+    def __init__(self, name):
+        self.name = name
+        self.tokens = ()
+        self.everything = False
+        self.uniq_id = ""
+        self.established = False
+        self.got = []
+
+    def deliver(self, data):
+        self.got.append(data)
+
+    def __repr__(self):
+        return self.name
+
+
+def make(hub, name, tokens, uniq=""):
+    c = Client(name)
+    hub.connected(c)
+    hub.subscribe(c, tokens, uniq)
+    return c
+
+
+def names(found):
+    return sorted(c.name for c in found)
+
+
+@pytest.fixture
+def hub():
+    h = Hub()
+    make(h, "a", ["room1", "room2"], "u1")
+    make(h, "b", ["room1"], "u2")
+    make(h, "c", ["room10", "other"])
+    make(h, "star", ["*"])
+    return h
+
+
+def route(hub, text):
+    return names(hub.recipients(parse_target(text, 128)))
+
+
+def test_exact(hub):
+    assert route(hub, "room1") == ["a", "b", "star"]
+    assert route(hub, "nobody") == ["star"]
+
+
+def test_prefix(hub):
+    assert route(hub, "room*") == ["a", "b", "c", "star"]
+    assert route(hub, "room1*") == ["a", "b", "c", "star"]
+    assert route(hub, "oth*") == ["c", "star"]
+
+
+def test_everyone(hub):
+    assert route(hub, "*") == ["a", "b", "c", "star"]
+
+
+def test_exclusion(hub):
+    assert route(hub, "room1-u1") == ["b", "star"]
+    assert route(hub, "room*-u2") == ["a", "c", "star"]
+    assert route(hub, "*-u1") == ["b", "c", "star"]
+
+
+def test_dash_before_star_is_error():
+    with pytest.raises(RoutingError):
+        parse_target("ro-om*", 128)
+
+
+def test_bad_targets():
+    for bad in ("", "-x", "room-", "a" * 129):
+        with pytest.raises(RoutingError):
+            parse_target(bad, 128)
+    assert parse_target("a" * 128, 128).token == "a" * 128
+
+
+def test_target_text_round_trip():
+    for text in ("room1", "room*", "*", "room1-u1", "ro*-u1"):
+        assert parse_target(text, 128).text() == text
+
+
+def test_unestablished_clients_get_nothing():
+    h = Hub()
+    c = Client("new")
+    h.connected(c)
+    assert h.publish([Target("*")], b"x") == 0
+    assert c.got == []
+
+
+def test_publish_same_bytes_to_all_and_counts(hub):
+    data = b"event bytes"
+    n = hub.publish([parse_target("room1", 128)], data)
+    assert n == 3
+    got = [c for c in hub.streams if c.got]
+    assert all(c.got[0] is data for c in got)  # one object, not copies
+    assert hub.counters.msgproccnt == 1 and hub.counters.msgsendcnt == 3
+
+
+def test_several_targets_deliver_once(hub):
+    n = hub.publish([parse_target("room1", 128), parse_target("room2", 128)], b"x")
+    assert n == 3
+    assert [len(c.got) for c in sorted(hub.streams, key=lambda c: c.name)] == [1, 1, 0, 1]
+
+
+def test_unsubscribe_and_disconnect(hub):
+    a = next(c for c in hub.streams if c.name == "a")
+    hub.disconnected(a)
+    assert route(hub, "room2") == ["star"]
+    assert hub.subscribed_count("room1") == 1
+    assert "room2" not in hub._by_token  # empty sets do not pile up
+
+
+def test_subscribed_count(hub):
+    assert hub.subscribed_count("room1") == 2
+    assert hub.subscribed_count("*") == 1
+    assert hub.subscribed_count("room") == 0
+
+
+def test_exact_cost_independent_of_other_clients():
+    """The index: an exact token touches its own subscribers only."""
+    h = Hub()
+    for i in range(5000):
+        make(h, f"c{i}", [f"t{i}"])
+    found = h.recipients(parse_target("t42", 128))
+    assert isinstance(found, set) and len(found) == 1
