@@ -245,3 +245,16 @@ def test_control_questions_from_python(daemon):
     control = pub.Control(port=daemon.cport)
     assert control.count() == 1 and control.count("room1") == 1
     assert control.status()["sseconncli"] == 1
+
+
+def test_output_cut_short_by_the_reader_is_not_a_crash(daemon):
+    """``pyhasses-ctl status | head -1``, with the reader gone before the
+    tool writes: a quiet end with the shell's SIGPIPE status, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "pyhasses.ctl", "--port", str(daemon.cport), "status"],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, env=pyhasses_env(), timeout=20)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, "")

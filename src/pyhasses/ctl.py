@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional
 
@@ -26,6 +27,7 @@ EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_REACHABLE = 3
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
 
 LOG_ONLY = "a FIFO has no reply channel: the daemon writes the answer to its log"
 
@@ -94,7 +96,13 @@ def main(argv=None) -> int:
         parser.error("--sep takes one character")
     control = Control(args.host, args.port, args.fifo, args.timeout, args.sep)
     try:
-        return COMMANDS[args.command](control, args)
+        status = COMMANDS[args.command](control, args)
+        sys.stdout.flush()  # here, so that a reader gone early is caught below
+        return status
+    except BrokenPipeError:
+        # The reader stopped early (``| head``): end quietly, as a shell tool does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except NotReachable as exc:
         return _fail(exc, EXIT_NOT_REACHABLE)
     except DaemonError as exc:
