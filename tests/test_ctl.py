@@ -114,6 +114,14 @@ def test_send_reads_message_from_stdin(daemon):
     assert client.read_event()["data"] == "from a pipe\nsecond line"
 
 
+def test_send_over_ipv6_loopback(daemon):
+    """The control port listens on ::1 too by default."""
+    client = daemon.sse("room1")
+    r = ctl("--host", "::1", *tcp(daemon), "send", "--ack", "room1", "over IPv6")
+    assert r.returncode == 0, r.stderr
+    assert "delivered: 1" in r.stdout
+    assert client.read_event()["data"] == "over IPv6"
+
 def test_send_over_fifo(daemon):
     client = daemon.sse("room1")
     r = ctl("--fifo", daemon.fifo, "send", "--event", "note", "room1", "via the fifo; with a separator")
