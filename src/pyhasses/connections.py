@@ -390,6 +390,48 @@ class SseClient(Connection):
                           f"(remaining clients: {len(self.ctx.hub.clients)})")
 
 
+class ControlInput:
+    """Control bytes from one writer: framing, the idle flush of an
+    unterminated tail, and running each part.  ``reply`` takes the answer
+    bytes of a TCP writer; the FIFO has nobody to answer."""
+
+    def __init__(self, ctx, channel: str, reply=None):
+        self.ctx = ctx
+        self.channel = channel
+        self.reply = reply
+        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
+        self._idle = None
+
+    def feed(self, data: bytes) -> None:
+        self._run(self.framer.feed(data))
+        reactor = self.ctx.reactor
+        reactor.cancel(self._idle)
+        self._idle = None
+        if self.framer.pending:
+            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish)
+
+    def finish(self) -> None:
+        """End of input, or the writer went idle: the tail is a whole part."""
+        self.cancel()
+        self._run(self.framer.finish())
+
+    def cancel(self) -> None:
+        self.ctx.reactor.cancel(self._idle)
+        self._idle = None
+
+    def reset(self) -> None:
+        self.cancel()
+        self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+
+    def _run(self, items) -> None:
+        handle = self.ctx.control.handle
+        can_reply = self.reply is not None
+        for item in items:
+            answer = handle(item, self.channel, can_reply)
+            if answer is not None and not self.reply(answer):
+                return
+
+
 class ControlClient(Connection):
     """A publisher on the TCP control port."""
 
@@ -397,47 +439,32 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
-        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
-        self._idle = None
+        self.input = ControlInput(ctx, f"control {peer}", self._reply)
         ctx.control_clients.add(self)
         ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
 
     def on_data(self, data: bytes) -> None:
-        self._run(self.framer.feed(data))
-        self._arm_idle_flush()
+        self.input.feed(data)
 
     def on_eof(self) -> None:
         """The writer half-closed or closed: its tail is complete; answer
         what it asked, then close."""
-        self.ctx.reactor.cancel(self._idle)
-        self._run(self.framer.finish())
+        self.input.finish()
         if not self.closed:
             self.finish_after_eof()
 
-    def _arm_idle_flush(self) -> None:
-        reactor = self.ctx.reactor
-        reactor.cancel(self._idle)
-        self._idle = None
-        if self.framer.pending:
-            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self._idle_flush)
-
-    def _idle_flush(self) -> None:
-        self._idle = None
-        self._run(self.framer.finish())
-
-    def _run(self, items) -> None:
-        handler = self.ctx.control
-        channel = f"control {self.peer}"
-        for item in items:
-            reply = handler.handle(item, channel, can_reply=True)
-            if reply is not None and not self.closed:
-                if not self.outbox.fits(len(reply)):
-                    self.close("does not read its replies", quiet=False)
-                    return
-                self.write(reply)
+    def _reply(self, answer: bytes) -> bool:
+        """Queue an answer; False once the connection is closed."""
+        if self.closed:
+            return False
+        if not self.outbox.fits(len(answer)):
+            self.close("does not read its replies")
+            return False
+        self.write(answer)
+        return True
 
     def on_closed(self, reason: str, quiet: bool) -> None:
-        self.ctx.reactor.cancel(self._idle)
+        self.input.cancel()
         self.ctx.control_clients.discard(self)
         self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
 
@@ -452,8 +479,7 @@ class FifoReader:
         self.ctx = ctx
         self.fd = fd
         self.path = path
-        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
-        self._idle = None
+        self.input = ControlInput(ctx, "fifo")
         ctx.reactor.register(fd, self, READABLE)
 
     def on_events(self, mask: int) -> None:
@@ -463,28 +489,14 @@ class FifoReader:
             if exc.errno in RETRY:
                 return
             raise
-        if not data:
-            return
-        self._run(self.framer.feed(data))
-        reactor = self.ctx.reactor
-        reactor.cancel(self._idle)
-        self._idle = None
-        if self.framer.pending:
-            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self._idle_flush)
-
-    def _idle_flush(self) -> None:
-        self._idle = None
-        self._run(self.framer.finish())
-
-    def _run(self, items) -> None:
-        for item in items:
-            self.ctx.control.handle(item, "fifo", can_reply=False)
+        if data:
+            self.input.feed(data)
 
     def on_failure(self, exc: Exception) -> None:
         self.ctx.log.error(f"FIFO {self.path}: internal error {exc!r}; input discarded")
-        self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+        self.input.reset()
 
     def close(self) -> None:
         self.ctx.reactor.unregister(self.fd)
-        self.ctx.reactor.cancel(self._idle)
+        self.input.cancel()
         os.close(self.fd)
