@@ -86,6 +86,7 @@ class Chromium:
         )
         self.pgid = self.proc.pid
         self.playwright = None
+        self.browser = None
 
     def devtools_port(self) -> int:
         marker = self.profile / "DevToolsActivePort"
@@ -122,7 +123,8 @@ class Chromium:
         """Close the browser, then end each process of its group by pid."""
         if self.playwright is not None:
             try:
-                self.browser.close()
+                if self.browser is not None:
+                    self.browser.close()
             finally:
                 self.playwright.stop()
         for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
