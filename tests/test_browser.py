@@ -11,6 +11,7 @@ without it, or without Playwright, these tests are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -121,11 +122,13 @@ class Chromium:
 
     def end(self) -> None:
         """Close the browser, then end each process of its group by pid."""
-        if self.playwright is not None:
-            try:
-                if self.browser is not None:
-                    self.browser.close()
-            finally:
+        # A failure to detach must not keep the processes alive: they are
+        # ended below whatever happens here.
+        with contextlib.suppress(Exception):
+            if self.browser is not None:
+                self.browser.close()
+        with contextlib.suppress(Exception):
+            if self.playwright is not None:
                 self.playwright.stop()
         for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             for pid in self.group():
