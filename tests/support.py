@@ -193,8 +193,16 @@ class SseClient:
         return self.head
 
     def read_handshake(self, timeout=5.0) -> bytes:
+        """The 200 head, and the ``retry:`` hint the daemon sends with it
+        (in the same write), kept as ``self.retry`` (None when absent), so
+        that ``read_chunk`` then starts at the first event."""
         head = self.read_head(timeout)
         assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        self.retry = None
+        m = re.match(rb"[0-9a-f]+\r\nretry: (\d+)\n\n\r\n", self.buf)
+        if m:
+            self.retry = int(m.group(1))
+            self.buf = self.buf[m.end():]
         return head
 
     def read_chunk(self, timeout=5.0) -> bytes:
@@ -212,15 +220,17 @@ class SseClient:
         return rest[:size]
 
     def read_event(self, timeout=5.0) -> dict:
-        """The next event (comments skipped) as a dict of fields; ``data``
-        joined with LF as a browser does."""
+        """The next event a browser would dispatch, as a dict of fields;
+        ``data`` joined with LF as a browser does.  Comments and blocks
+        without data (such as a lone ``retry:`` hint) are skipped, as a
+        browser skips them."""
         deadline = time.monotonic() + timeout
         while True:
             payload = self.read_chunk(max(0.01, deadline - time.monotonic()))
             if payload == b"":
                 raise EOFError("stream ended")
             event = parse_event(payload)
-            if event:
+            if "data" in event:
                 return event
 
     def read_events(self, n, timeout=5.0) -> list:

@@ -9,6 +9,7 @@ Must not touch: sockets, logging handlers.  ``service.run`` does the rest.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pwd
 import sys
 from typing import Callable, Optional
@@ -19,9 +20,12 @@ from .settings import (
     Settings,
     SettingsError,
     expand_hosts,
+    parse_count,
     parse_endpoint,
     parse_host,
+    parse_policy,
     parse_seconds,
+    parse_seconds_or_off,
     parse_size,
     validate,
 )
@@ -78,8 +82,9 @@ OPTIONS = (
     Option(("-l",), "--log-file", "logfile", "PATH", "log file in daemon mode (default /var/log/pyhasses.log)"),
     Option(("-pidfile",), "--pidfile", "pidfile", "PATH", "pid file, removed on exit"),
     Option(("-ssl",), "--ssl", "ssl", None, "serve HTTPS"),
-    Option(("-cert-file",), "--cert-file", "cert_file", "PEM", "TLS certificate (with -ssl)"),
-    Option(("-privatekey-file",), "--privatekey-file", "key_file", "PEM", "TLS private key (with -ssl)"),
+    Option(("-cert-file",), "--cert-file", "cert_file", "PEM", "TLS certificate (with -ssl)", os.path.abspath),
+    Option(("-privatekey-file",), "--privatekey-file", "key_file", "PEM", "TLS private key (with -ssl)",
+           os.path.abspath),
     Option(("-cors-base",), "--cors-base", "cors_base", "URL", "value of Access-Control-Allow-Origin (default *)"),
     Option(("-ra",), "--reinit", "reinit", None, "allow re-initialisation of an established stream"),
     Option(("-user",), "--user", "user", "NAME", "drop privileges to NAME after opening ports and files"),
@@ -110,10 +115,38 @@ OPTIONS = (
            lambda t: parse_seconds(t, "--idle-flush")),
 
     # -- TLS (issue 3) --
+    Option((), "--key-passphrase-file", "key_passphrase_file", "PATH",
+           "file whose first line is the passphrase of an encrypted -privatekey-file", os.path.abspath),
 
     # -- service: daemon mode, config file (issue 4) --
 
     # -- delivery: history, heartbeats, caps (issue 5) --
+    Option((), "--history-count", "history_count", "N",
+           "events held for clients that resume with Last-Event-ID (default 10000; 0: none)",
+           lambda t: parse_count(t, "--history-count")),
+    Option((), "--history-bytes", "history_bytes", "SIZE", "memory the held events may take (default 16M)",
+           lambda t: parse_size(t, "--history-bytes")),
+    Option((), "--history-age", "history_age", "SECONDS", "hold events no longer than this (default 3600)",
+           lambda t: parse_seconds(t, "--history-age")),
+    Option((), "--heartbeat", "heartbeat", "SECONDS",
+           "send a comment on idle streams this often (default 15; 0: off)",
+           lambda t: parse_seconds_or_off(t, "--heartbeat")),
+    Option((), "--retry", "retry", "MS",
+           "base of the retry hint sent to each stream, with jitter up to as much again (default 3000; 0: none)",
+           lambda t: parse_count(t, "--retry")),
+    Option((), "--max-clients", "max_clients", "N",
+           "open SSE connections allowed; above it 503 with Retry-After (default 0: no cap)",
+           lambda t: parse_count(t, "--max-clients")),
+    Option((), "--drain", "drain", "SECONDS",
+           "on SIGTERM, close streams spread over this period (default 0: all at once)",
+           lambda t: parse_seconds_or_off(t, "--drain")),
+    Option((), "--slow-client-policy", "slow_client_policy", "disconnect|drop",
+           "a client whose write queue is full: close it (default), or drop its oldest queued events"
+           " and send it a reset event",
+           lambda t: parse_policy(t, "--slow-client-policy")),
+    Option((), "--metrics-port", "metrics", "[ADDR:]PORT",
+           "serve GET /metrics (Prometheus text) on this port (loopback unless an address is given)",
+           lambda t: parse_endpoint(t, "--metrics-port", default_hosts=expand_hosts(["localhost"]))),
 
     # -- end of options --
 )
@@ -130,6 +163,8 @@ Commands on the control port or FIFO (parts end at the delimiter or a line end):
   "tcpnumberofclients"         reply {"numberofclients": N} (TCP only)
   "subscribedclients:<sub>"    print the number of clients subscribed to <sub>
   "tcpsubscribedclients:<sub>" reply {"subscribedclients": N, "subscribedfor": "<sub>"}
+  "tcpclientlist"              reply with every client as one JSON document (TCP only)
+  "tcpmetrics"                 reply with the counters in the Prometheus text format (TCP only)
   "loglevel_quiet" | "loglevel_normal" | "loglevel_debug"   set the log level
   "reinit_enable" | "reinit_disable"   allow or refuse re-initialised streams
   "<token>=<message>"          send to the subscribers of <token>

@@ -1,4 +1,5 @@
-"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO.
+"""The descriptor kinds: listeners, SSE clients, control clients, the FIFO,
+connections refused above the cap, metrics scrapers.
 
 Owns: every ``accept``, ``recv``, ``send`` and ``os.read`` of the daemon;
 what a socket error means (decided once, below); per-connection timers; the
@@ -17,7 +18,7 @@ import os
 import socket
 import time
 
-from . import http
+from . import delivery, http, tls
 from .control import Framer
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
@@ -249,6 +250,9 @@ class SseClient(Connection):
     kind = "SSE client"
     # States shown in the client list, as hasses names them.
     NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
+    # Drop policy state; class defaults keep an idle stream small.
+    _reset_chunk = None
+    _dropped_since_reset = 0
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
@@ -264,6 +268,8 @@ class SseClient(Connection):
         self.uniq_id = ""
         self.established = False
         self.messages = 0
+        self.heartbeat_mark = 0   # messages at the last heartbeat sweep
+        self.dropped = 0          # events dropped from this client's queue (drop policy)
         # The client list's view
         self.agent = ""
         self.connected_at = time.time()
@@ -275,6 +281,15 @@ class SseClient(Connection):
 
     def tls_info(self) -> str:
         return ""
+
+    def last_words(self) -> None:
+        """At shutdown: end the stream and make one try to send what is queued."""
+        if self.established:
+            self.outbox.append(LAST_CHUNK)
+        try:
+            self.outbox.flush(self.sock)
+        except OSError:
+            pass
 
     # -- input --------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
@@ -316,7 +331,10 @@ class SseClient(Connection):
         self.handshaked_at = time.time()
         self._restart_timer(settings.stream_lifetime, "lifetime")
         self.reader = None  # an idle stream keeps no parser
-        self.write(http.handshake(self.ctx.cors))
+        # One object, so that the drop policy never separates them.
+        self.write(http.handshake(self.ctx.cors) + delivery.retry_hint(settings.retry))
+        if decision.last_event_id is not None:
+            self.ctx.resume(self, decision.last_event_id)
         log = self.ctx.log
         if log.debugging:
             log.debug(f"SSE connection OK <{self.fd}> {self.peer} subscribes {','.join(decision.tokens)!r}"
@@ -342,7 +360,10 @@ class SseClient(Connection):
         the pass.  A client past its queue limit is closed, not waited for."""
         outbox = self.outbox
         if outbox._size + len(data) > outbox.limit:
-            self._overflow(len(data))
+            if self.ctx.settings.slow_client_policy == "drop" and not self.closing:
+                self._drop_oldest(data)
+            else:
+                self._overflow(len(data))
             return
         outbox._chunks.append(data)
         outbox._size += len(data)
@@ -351,10 +372,40 @@ class SseClient(Connection):
             self._flush_pending = True
             self.ctx.reactor.call_soon(self.flush)
 
+    def _drop_oldest(self, data: bytes) -> None:
+        """The drop policy: make room by dropping the oldest queued events
+        (whole chunks, never the one being sent), and put one ``reset``
+        event where they were, so the page knows it missed some."""
+        outbox = self.outbox
+        # Never drop the head (it may be partly sent) nor bytes already
+        # sealed by TLS (a TLS client keeps ``_cipher_chunks`` of them).
+        first = max(1, getattr(self, "_cipher_chunks", 0))
+        held = outbox.unsent(first)
+        pending_reset = held if held is not None and held is self._reset_chunk else None
+        keep = first + 1 if pending_reset is not None else first
+        room = len(data) + delivery.RESET_ROOM
+        dropped = len(outbox.drop_oldest(keep, room))
+        if outbox._size + room > outbox.limit:
+            dropped += 1  # this event alone does not fit
+            data = None
+        self.dropped += dropped
+        self.ctx.hub.counters.dropped_events += dropped
+        if pending_reset is None:
+            self._dropped_since_reset = 0
+            self.ctx.hub.counters.resets += 1
+        self._dropped_since_reset += dropped
+        self._reset_chunk = delivery.reset_event(self.ctx.history.oldest, "dropped", self._dropped_since_reset)
+        outbox.put(first, self._reset_chunk, replace=pending_reset is not None)
+        if data is not None:
+            outbox.append(data)
+            self.messages += 1
+        self.schedule_flush()
+
     def _overflow(self, size: int) -> None:
         if self.closing or self.closed:
             return
         self.closing = True
+        self.ctx.hub.counters.slow_closed += 1
         self.ctx.log.info(
             f"Client <{self.fd}> {self.peer} is too slow: {len(self.outbox)} bytes queued, "
             f"limit {self.outbox.limit}; closing")
@@ -376,6 +427,7 @@ class SseClient(Connection):
 
     def end_stream(self) -> None:
         """End the chunked body properly; the browser reconnects by itself."""
+        self.ctx.reactor.cancel(self._timer)
         if self.established:
             self.ctx.hub.unsubscribe(self)
             self.write(LAST_CHUNK)
@@ -388,6 +440,52 @@ class SseClient(Connection):
         self.reader = None
         self.ctx.log.info(f"Closed connection <{self.fd}> {self.peer}: {reason} "
                           f"(remaining clients: {len(self.ctx.hub.clients)})")
+
+
+class Refused(Connection):
+    """A connection above ``--max-clients``: it gets the 503 at once (before
+    its request is even read), then the usual half-close and linger."""
+
+    kind = "refused client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, answer: bytes):
+        super().__init__(ctx, sock, peer, len(answer))
+        self.write(answer)
+        self.close_after_flush()
+
+    def on_data(self, data: bytes) -> None:
+        pass  # answered already; the request does not matter
+
+
+class MetricsClient(Connection):
+    """A scraper on ``--metrics-port``: one request, ``GET /metrics``, one
+    answer, close."""
+
+    kind = "metrics client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, render):
+        super().__init__(ctx, sock, peer, 1024 * 1024)  # the text is a few KB
+        self.render = render
+        self.reader = http.RequestReader(ctx.settings.max_head_bytes)
+        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self.close, "no request in time", True)
+
+    def on_data(self, data: bytes) -> None:
+        if self.closing:
+            return
+        for item in self.reader.feed(data):
+            if isinstance(item, http.BadHead):
+                self.write(http.error(item.status, self.ctx.cors))
+            elif item.method != b"GET":
+                self.write(http.error(501, self.ctx.cors))
+            elif item.target.partition(b"?")[0] != b"/metrics":
+                self.write(http.error(404, self.ctx.cors))
+            else:
+                self.write(http.metrics_answer(self.render().encode()))
+            self.close_after_flush()
+            return
+
+    def on_closed(self, reason: str, quiet: bool) -> None:
+        self.ctx.reactor.cancel(self._timer)
 
 
 class ControlInput:
@@ -457,7 +555,9 @@ class ControlClient(Connection):
         """Queue an answer; False once the connection is closed."""
         if self.closed:
             return False
-        if not self.outbox.fits(len(answer)):
+        # One reply may be larger than the limit (tcpclientlist of many
+        # clients); replies piling up unread may not.
+        if len(self.outbox) and not self.outbox.fits(len(answer)):
             self.close("does not read its replies")
             return False
         self.write(answer)
@@ -500,3 +600,112 @@ class FifoReader:
         self.ctx.reactor.unregister(self.fd)
         self.input.cancel()
         os.close(self.fd)
+
+
+class TlsSseClient(SseClient):
+    """An SSE client on the HTTPS port: the same HTTP and SSE code as a plain
+    one, with a ``tls.TlsPump`` between it and the socket.
+
+    The outbox is shared by both forms of the bytes: ``deliver`` and
+    ``write`` append plaintext behind the ciphertext not yet sent, and each
+    flush first seals that plaintext (one TLS write for everything queued
+    during the pass) into one ciphertext chunk.  So a fan-out still appends
+    the same bytes object to every recipient, and the queue limit counts
+    the same bytes as for a plain client.
+    """
+
+    kind = "TLS client"
+
+    def __init__(self, ctx, sock: socket.socket, peer: str):
+        self.pump = tls.TlsPump(ctx.tls.context)
+        self._cipher_chunks = 0  # the outbox's first chunks (from its head) that are sealed already
+        super().__init__(ctx, sock, peer)
+
+    def tls_info(self) -> str:
+        pump = self.pump
+        if pump.state == tls.HANDSHAKE:
+            return "TLS: handshake in progress"
+        return f"TLS: {pump.version() or '-'} cipher {pump.cipher() or '-'} ({pump.state})"
+
+    # -- ciphertext in ------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        for event in self.pump.receive(data):
+            if self.closed:
+                return
+            if isinstance(event, tls.Plaintext):
+                if not self.closing:
+                    super().on_data(event.data)
+            elif isinstance(event, tls.TlsEstablished):
+                if self.ctx.log.debugging:
+                    self.ctx.log.debug(f"TLS established <{self.fd}> {self.peer}: {event.version} {event.cipher}"
+                                       f" ALPN {event.alpn or '-'}")
+            elif isinstance(event, tls.PeerClosed):
+                self.close_after_flush()  # our close_notify is queued in answer
+            elif isinstance(event, tls.TlsFailed):
+                what = "TLS handshake failed" if event.during_handshake else "TLS error"
+                self.close(f"{what}: {event.reason}")
+                return
+        if self.pump.has_outgoing and not self.closed:
+            self.schedule_flush()
+
+    def on_eof(self) -> None:
+        if self.pump.state == tls.HANDSHAKE:
+            self.pump.end_of_input()
+            self.close("closed by peer during the TLS handshake")
+        else:
+            super().on_eof()
+
+    # -- ciphertext out -----------------------------------------------------
+    def flush(self) -> None:
+        if not self.closed:
+            self._seal()
+        super().flush()
+        self._cipher_chunks = self.outbox.unsent_chunks()
+
+    def _seal(self) -> None:
+        """Encrypt the plaintext queued behind the sealed chunks (one TLS
+        write), add close_notify once closing, and queue the ciphertext."""
+        plain = self.outbox.take_tail(self._cipher_chunks)
+        if plain:
+            self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain))
+        if self.closing:
+            self.pump.close()
+        self.outbox.append(self.pump.outgoing())
+        self._cipher_chunks = self.outbox.unsent_chunks()
+
+    def last_words(self) -> None:
+        """At shutdown: end the stream, seal it with close_notify, one try to send."""
+        if self.established:
+            self.outbox.append(LAST_CHUNK)
+        self._send_once()
+
+    def _send_once(self) -> None:
+        """Seal what is queued, then close_notify, and make one try to send."""
+        self._seal()
+        self.pump.close()
+        self._seal()
+        try:
+            self.outbox.flush(self.sock)
+        except OSError:
+            pass
+        self._cipher_chunks = self.outbox.unsent_chunks()
+
+    # -- closing ------------------------------------------------------------
+    def _timeout(self, why: str) -> None:
+        if why == "handshake" and self.pump.state == tls.HANDSHAKE:
+            self._timer = None
+            self.close(f"TLS handshake not completed within {self.ctx.settings.handshake_timeout:g} s")
+        else:
+            super()._timeout(why)
+
+    def close(self, reason: str, quiet: bool = False) -> None:
+        """Every close says close_notify (or the handshake's alert) first,
+        on a best-effort send that never waits.  Not when the peer's window
+        is full (a slow reader): nothing more would leave, so nothing more
+        is encrypted."""
+        if not self.closed and not self._writing:
+            try:
+                self._send_once()
+            except Exception as exc:  # a courtesy must never keep a socket open
+                self.ctx.log.error(f"{self.kind} {self.peer}: no close_notify sent: {exc!r}")
+        super().close(reason, quiet)

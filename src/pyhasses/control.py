@@ -151,6 +151,7 @@ class Invalid:
 SIMPLE_COMMANDS = {
     "status", "tcpstatus", "clientlist", "numberofclients", "tcpnumberofclients",
     "loglevel_quiet", "loglevel_normal", "loglevel_debug", "reinit_enable", "reinit_disable",
+    "tcpclientlist", "tcpmetrics",
 }
 ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:")
 
@@ -236,7 +237,8 @@ class ControlHandler:
     commands and acknowledgements have nobody to answer and are logged."""
 
     def __init__(self, hub, ids: sse.EventIds, log, settings, runtime, status: Callable[[], dict],
-                 client_list: Callable[[], list]):
+                 client_list: Callable[[], list], history=None, client_table: Callable[[], list] = None,
+                 metrics_text: Callable[[], str] = None):
         self.hub = hub
         self.ids = ids
         self.log = log
@@ -244,6 +246,9 @@ class ControlHandler:
         self.runtime = runtime
         self.status = status
         self.client_list = client_list
+        self.history = history            # history.History: what resuming clients get
+        self.client_table = client_table  # tcpclientlist's rows
+        self.metrics_text = metrics_text  # tcpmetrics' text
 
     def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
         if isinstance(item, Oversize):
@@ -263,6 +268,8 @@ class ControlHandler:
         event_id = self.ids.next()
         data = sse.encode_event(event_id, msg.data, msg.event, msg.retry)
         delivered = self.hub.publish(msg.targets, data)
+        if self.history is not None:
+            self.history.record(event_id, msg.targets, data)
         if self.log.debugging:
             to = ",".join(t.text() for t in msg.targets)
             self.log.debug(f"{channel}: message {event_id} to {to!r}: {delivered} recipient(s)")
@@ -302,6 +309,10 @@ class ControlHandler:
                 "version", "runningtime", "mode", "loglevel",
                 "allconncli", "sseconncli", "maxconncli", "msgproccnt", "msgsendcnt")}
             reply.update(info.get("extra", {}))
+        elif cmd.name == "tcpclientlist" and self.client_table is not None:
+            reply = {"clients": self.client_table()}
+        elif cmd.name == "tcpmetrics" and self.metrics_text is not None:
+            reply = None  # plain text, not JSON
         elif cmd.name == "tcpnumberofclients":
             reply = {"numberofclients": len(self.hub.clients)}
         else:  # tcpsubscribedclients
@@ -309,6 +320,8 @@ class ControlHandler:
         if not can_reply:
             self.log.info(f"{channel}: {cmd.name} replies only on the TCP control port; ignored")
             return None
+        if reply is None:
+            return self.metrics_text().encode("utf-8")
         return _json_line(reply)
 
     def status_lines(self) -> list:

@@ -76,6 +76,31 @@ def error(status: int, cors: bytes) -> bytes:
     ))
 
 
+def unavailable(retry_after: int) -> bytes:
+    """503 above the connection cap: come back in ``retry_after`` seconds."""
+    body = b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Service Unavailable</body></html>'
+    return b"".join((
+        b"HTTP/1.1 503 Service Unavailable\r\n", http_date(), SERVER,
+        b"Retry-After: %d\r\n" % retry_after,
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n",
+        b"Content-Type: text/html; charset=utf8\r\n\r\n",
+        body,
+    ))
+
+
+def metrics_answer(body: bytes) -> bytes:
+    """``GET /metrics`` on the metrics port: the Prometheus text format."""
+    return b"".join((
+        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
+        b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+        b"Cache-Control: no-cache\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n\r\n",
+        body,
+    ))
+
+
 def head_answer(cors: bytes) -> bytes:
     return b"".join((
         b"HTTP/1.1 200 OK\r\n", http_date(),
@@ -236,6 +261,10 @@ class StreamRequest:
     uniq_id: str
     agent: str
     head: RequestHead
+    #: The id of the last event the client saw (``Last-Event-ID`` header, or
+    #: the ``lastEventId`` query parameter of EventSource polyfills); None
+    #: for a fresh stream.
+    last_event_id: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -275,7 +304,15 @@ def decide(head: RequestHead, match_url: str, max_token_length: int):
     if too_long:
         return FixedAnswer(400, "error", f"token longer than {max_token_length} characters")
     agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
-    return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head)
+    return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head,
+                         last_event_id=last_event_id(head, params))
+
+
+def last_event_id(head: RequestHead, params: dict) -> Optional[str]:
+    """The header wins over the query parameter; empty means none."""
+    value = head.header(b"last-event-id")
+    text = value.decode("latin-1").strip() if value is not None else params.get("lastEventId", "").strip()
+    return text[:64] or None
 
 
 def keeps_alive(head: RequestHead) -> bool:

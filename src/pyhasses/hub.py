@@ -83,6 +83,11 @@ class Counters:
     msgsendcnt: int = 0     # deliveries, one per recipient
     handshakes: int = 0     # streams established since start
     reinits: int = 0        # streams re-initialised
+    slow_closed: int = 0    # clients closed for a full write queue (disconnect policy)
+    dropped_events: int = 0  # events dropped from full write queues (drop policy)
+    refused: int = 0        # connections answered 503 above the cap
+    replayed: int = 0       # held events sent again to resuming clients
+    resets: int = 0         # reset events sent
 
 
 class Hub:
@@ -155,6 +160,23 @@ class Hub:
             skip = target.except_ids
             return [c for c in found if c.uniq_id not in skip]
         return found
+
+    def reaches(self, client, targets: Iterable[Target]) -> bool:
+        """Would a message to ``targets`` be delivered to ``client`` now?
+        The same rules as ``recipients``, asked about one client (replay)."""
+        if not client.established:
+            return False
+        for target in targets:
+            if target.except_ids and client.uniq_id in target.except_ids:
+                continue
+            if (target.token == "*" and not target.prefix) or client.everything:
+                return True
+            if target.prefix:
+                if any(t.startswith(target.token) for t in client.tokens):
+                    return True
+            elif target.token in client.tokens:
+                return True
+        return False
 
     def publish(self, targets: Iterable[Target], data: bytes) -> int:
         """Queue ``data`` (one encoded event) for every recipient; returns

@@ -40,6 +40,51 @@ class Outbox:
             self._chunks.append(data)
             self._size += len(data)
 
+    def unsent_chunks(self) -> int:
+        """How many queued objects are left (a partly sent one counts)."""
+        return len(self._chunks) - self._head
+
+    def take_tail(self, keep: int) -> list:
+        """Remove and return the objects queued after the first ``keep``
+        unsent ones (TLS replaces plaintext queued there by its ciphertext)."""
+        start = self._head + keep
+        tail = self._chunks[start:]
+        del self._chunks[start:]
+        self._size -= sum(map(len, tail))
+        return tail
+
+    def unsent(self, index: int):
+        """The ``index``-th queued chunk (0: the next to leave, possibly
+        partly sent), or None."""
+        at = self._head + index
+        return self._chunks[at] if at < len(self._chunks) else None
+
+    def drop_oldest(self, keep: int, needed: int) -> list:
+        """Remove whole queued chunks, oldest first but after the first
+        ``keep`` (the head may be partly sent: never cut a chunk), until
+        ``needed`` more bytes fit.  Returns the removed chunks."""
+        start = min(self._head + keep, len(self._chunks))
+        end = start
+        size = self._size
+        while end < len(self._chunks) and size + needed > self.limit:
+            size -= len(self._chunks[end])
+            end += 1
+        removed = self._chunks[start:end]
+        del self._chunks[start:end]
+        self._size = size
+        return removed
+
+    def put(self, index: int, data: bytes, replace: bool = False) -> None:
+        """Queue ``data`` at position ``index`` of the unsent chunks (past
+        the end: last), or in place of the chunk there."""
+        at = min(self._head + index, len(self._chunks))
+        if replace and at < len(self._chunks):
+            self._size -= len(self._chunks[at])
+            self._chunks[at] = data
+        else:
+            self._chunks.insert(at, data)
+        self._size += len(data)
+
     def clear(self) -> None:
         self._chunks.clear()
         self._head = 0

@@ -21,14 +21,16 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__
-from .connections import ControlClient, FifoReader, Listener, SseClient
+from . import __version__, delivery, metrics, tls
+from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient
 from .control import ControlHandler
+from .history import History
 from .hub import Hub
 from .logs import Log, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .settings import Endpoint, Settings
 from .sse import LAST_CHUNK, EventIds
+from . import http
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -48,8 +50,9 @@ class Runtime:
 class Daemon:
     """The running daemon: what every connection reaches through ``ctx``."""
 
-    def __init__(self, settings: Settings, log: Log):
+    def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None):
         self.settings = settings
+        self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
         self.runtime = Runtime(settings)
         self.hub = Hub()
@@ -60,15 +63,19 @@ class Daemon:
         self.listeners: List[Listener] = []
         self.fifo: Optional[FifoReader] = None
         self.reactor: Optional[Reactor] = None
+        self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
+        self.heartbeat: Optional[delivery.Heartbeat] = None
+        self.draining: Optional[delivery.Drain] = None
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
-                                      self.status_info, self.client_list_lines)
+                                      self.status_info, self.client_list_lines, history=self.history,
+                                      client_table=self.client_table, metrics_text=self.metrics_text)
         self.exit_status = EXIT_OK
 
     # -- reports ------------------------------------------------------------
     def status_info(self) -> dict:
         hub = self.hub
         user = self.settings.user
-        return {
+        info = {
             "version": __version__,
             "python": sys.version.split()[0],
             "pid": os.getpid(),
@@ -87,6 +94,58 @@ class Daemon:
             "msgproccnt": hub.counters.msgproccnt,
             "msgsendcnt": hub.counters.msgsendcnt,
         }
+        info.setdefault("extra", {}).update(self.delivery_status())
+        self._add_tls_status(info)
+        return info
+
+    def delivery_status(self) -> dict:
+        """tcpstatus' keys beyond hasses' (issue 5)."""
+        counters = self.hub.counters
+        self.history.expire()
+        return {
+            "historysize": len(self.history),
+            "historybytes": self.history.bytes,
+            "droppedclients": counters.slow_closed,
+            "droppedevents": counters.dropped_events,
+            "queuedbytes": sum(len(c.outbox) for c in self.hub.clients),
+            "refused": counters.refused,
+            "replayed": counters.replayed,
+            "resets": counters.resets,
+            "uptime": round(time.time() - self.started, 3),
+        }
+
+    def client_table(self) -> list:
+        """tcpclientlist: one row per open SSE connection, oldest first."""
+        rows = []
+        for c in sorted(self.hub.clients, key=lambda c: c.connected_at):
+            rows.append({
+                "fd": c.fd,
+                "peer": c.peer,
+                "id": c.uniq_id,
+                "subscriptions": (["*"] if c.everything else []) + list(c.tokens),
+                "agent": c.agent,
+                "state": c.state_name,
+                "connected": round(c.connected_at, 3),
+                "handshaked": round(c.handshaked_at, 3) if c.handshaked_at else None,
+                "messages": c.messages,
+                "queued": len(c.outbox),
+                "dropped": c.dropped,
+                "reinits": c.reinit_count,
+                "tls": c.tls_info() or None,
+            })
+        return rows
+
+    def metrics_text(self) -> str:
+        return metrics.render(self.status_info())
+
+    def _add_tls_status(self, info: dict) -> None:
+        """The certificate in use: lines for the status block, keys for tcpstatus."""
+        if self.tls is None:
+            return
+        cert = self.tls.info
+        info.setdefault("mode_details", []).extend(
+            [f"Certificate: {cert.subject}", f"Certificate expires: {cert.expiry_text()}"])
+        info.setdefault("extra", {}).update({"certsubject": cert.subject, "certexpires": cert.expiry_text()})
 
     def client_list_lines(self) -> list:
         clients = sorted(self.hub.clients, key=lambda c: c.connected_at)
@@ -100,12 +159,35 @@ class Daemon:
             self.listeners.append(Listener(self, sock, self._new_control_client, f"control port {sock_name(sock)}"))
 
     def _new_sse_client(self, sock, peer):
+        cap = self.settings.max_clients
+        if cap and len(self.hub.clients) >= cap:
+            self.hub.counters.refused += 1
+            if self.tls is not None:
+                # A 503 would cost a TLS handshake first; shedding load must stay cheap.
+                self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); "
+                              "closed before the TLS handshake")
+                return Refused(self, sock, peer, b"")
+            self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); answered 503")
+            return Refused(self, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
+        if self.tls is not None:
+            return TlsSseClient(self, sock, peer)
         return SseClient(self, sock, peer)
+
+    def _new_metrics_client(self, sock, peer):
+        return MetricsClient(self, sock, peer, self.metrics_text)
+
+    def resume(self, client, last_id: str) -> None:
+        """A stream that came back with Last-Event-ID gets what it missed."""
+        now_id = int(time.time() * 1_000_000)
+        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, now_id)
+        if self.log.debugging:
+            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}, "
+                           f"{len(result.events)} held event(s) looked at")
 
     def _new_control_client(self, sock, peer):
         return ControlClient(self, sock, peer)
 
-    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int]) -> None:
+    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=()) -> None:
         """Build the reactor (after any fork) and run until a signal stops it."""
         self.reactor = Reactor(on_error=self.log.error)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -116,30 +198,61 @@ class Daemon:
             self.reactor.register(listener.fd, listener)
         if fifo_fd is not None:
             self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
+        for sock in metrics_socks:
+            listener = Listener(self, sock, self._new_metrics_client, f"metrics port {sock_name(sock)}")
+            self.listeners.append(listener)
+            self.reactor.register(listener.fd, listener)
+        self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
+        self.heartbeat.start()
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
         self.reactor.run()
         self.shutdown()
 
     # -- signals ------------------------------------------------------------
     def _on_stop_signal(self, signum: int) -> None:
+        if self.draining is not None:
+            self.log.out("Received INT/TERM signal again, exiting now")
+            self.reactor.stop()
+            return
         self.log.out("Received INT/TERM signal, Exiting...")
-        self.reactor.stop()
+        if self.settings.drain <= 0 or not self.hub.clients:
+            self.reactor.stop()
+            return
+        self.log.out(f"Draining {len(self.hub.streams)} stream(s) over {self.settings.drain:g} s")
+        # No new streams (a restarted daemon can bind the port at once);
+        # publishers may still reach the streams that remain.
+        for listener in [x for x in self.listeners if x.make == self._new_sse_client]:
+            listener.close()
+            self.listeners.remove(listener)
+        self.draining = delivery.Drain(self.reactor, self.hub.clients, self.settings.drain, self.reactor.stop)
+        self.draining.start()
 
     def _on_hangup(self, signum: int) -> None:
         self.log.reopen()
         self.log.info("SIGHUP: log file reopened")
+        if self.tls is not None:
+            self._reload_certificate()
+
+    def _reload_certificate(self) -> None:
+        """New connections get the new pair; open ones keep their session.
+        A pair that fails any start-up check is refused and the old one kept."""
+        s = self.settings
+        try:
+            new = tls.prepare(s.cert_file, s.key_file, s.key_passphrase_file)
+        except tls.CertificateError as exc:
+            self.log.error(f"SIGHUP: certificate not reloaded, keeping the old one: {exc}")
+            return
+        self.tls = new
+        self.log.out(f"SIGHUP: certificate reloaded: {new.info.subject}, expires {new.info.expiry_text()}")
+        if new.warning:
+            self.log.out(new.warning)
 
     def shutdown(self) -> None:
         """End every stream with the terminating chunk, then close all."""
         for listener in self.listeners:
             listener.close()
         for client in list(self.hub.clients):
-            if client.established:
-                client.outbox.append(LAST_CHUNK)
-            try:
-                client.outbox.flush(client.sock)
-            except OSError:
-                pass
+            client.last_words()
             client.close("daemon stopping", quiet=True)
         for conn in list(self.control_clients):
             conn.close("daemon stopping", quiet=True)
@@ -282,11 +395,14 @@ def run(settings: Settings) -> int:
     opened: list = []
     try:
         pidfile.check()
+        tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
         sse_socks = _bind(settings.sse, "SSE port")
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
+        metrics_socks = _bind(settings.metrics, "metrics port") if settings.metrics else []
+        opened += metrics_socks
         if settings.control:
             where = ", ".join(sock_name(s) for s in control_socks)
             if all(_is_loopback(s) for s in control_socks):
@@ -315,7 +431,7 @@ def run(settings: Settings) -> int:
         except StartError as exc:
             return _fail(log, str(exc), opened)
 
-    daemon = Daemon(settings, log)
+    daemon = Daemon(settings, log, tls_setup)
     try:
         pidfile.write()
     except StartError as exc:
@@ -323,13 +439,26 @@ def run(settings: Settings) -> int:
     log.info("=== daemon starting ===")
     log.info(f"Pid: {os.getpid()}")
     try:
-        daemon.serve(sse_socks, control_socks, fifo_fd)
+        daemon.serve(sse_socks, control_socks, fifo_fd, metrics_socks)
     finally:
         pidfile.remove(log)
         log.close()
         if daemon_context is not None:
             daemon_context.close()
     return daemon.exit_status
+
+
+def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
+    """Check the certificate and key and build the context, before any port
+    is opened: a bad pair must stop the start, not the first handshake."""
+    try:
+        setup = tls.prepare(settings.cert_file, settings.key_file, settings.key_passphrase_file)
+    except tls.CertificateError as exc:
+        raise StartError(str(exc)) from None
+    log.info(f"TLS certificate: {setup.info.subject}, expires {setup.info.expiry_text()}")
+    if setup.warning:
+        log.out(setup.warning)
+    return setup
 
 
 def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:

@@ -70,10 +70,20 @@ class Settings:
     idle_flush: float = 0.5
 
     # -- TLS (issue 3) --
+    key_passphrase_file: Optional[str] = None  # first line: the private key's passphrase
 
     # -- service: daemon mode, config file (issue 4) --
 
     # -- delivery: history, heartbeats, caps (issue 5) --
+    history_count: int = 10000        # events held for resuming clients; 0: none
+    history_bytes: int = 16 * MIB     # and no more bytes than this
+    history_age: float = 3600.0       # nor older than this
+    heartbeat: float = 15.0           # comment on idle streams every N s; 0: off
+    retry: int = 3000                 # base of the retry hint, ms; 0: none
+    max_clients: int = 0              # open SSE connections before 503; 0: no cap
+    drain: float = 0.0                # spread closing streams over this on SIGTERM
+    slow_client_policy: str = "disconnect"  # or "drop"
+    metrics: Optional[Endpoint] = None  # GET /metrics port
 
     # -- end of fields --
 
@@ -106,10 +116,10 @@ def parse_host(text: str, what: str) -> str:
         raise SettingsError(f"{what}: not an IP address: {text!r}") from None
 
 
-def parse_endpoint(text: str, what: str) -> Endpoint:
+def parse_endpoint(text: str, what: str, default_hosts: tuple = ()) -> Endpoint:
     """``8080``, ``127.0.0.1:8080``, ``[::1]:8080`` or ``*:8080``."""
     if text.isdigit():
-        return Endpoint(parse_port(text, what))
+        return Endpoint(parse_port(text, what), default_hosts)
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise SettingsError(f"{what}: expected PORT or ADDRESS:PORT, got {text!r}")
@@ -177,4 +187,45 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("--idle-flush must be at most 5 seconds")
     if s.max_head_bytes < 1024:
         raise SettingsError("--max-head-bytes must be at least 1K")
+    validate_delivery(s)
     return s
+
+
+def parse_count(text: str, what: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{what}: not a whole number: {text!r}") from None
+    if value < 0:
+        raise SettingsError(f"{what}: must be 0 or more: {text!r}")
+    return value
+
+
+def parse_seconds_or_off(text: str, what: str) -> float:
+    """Seconds, where 0 turns the feature off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{what}: not a number of seconds: {text!r}") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise SettingsError(f"{what}: must be 0 or a positive number: {text!r}")
+    return value
+
+
+SLOW_CLIENT_POLICIES = ("disconnect", "drop")
+
+
+def parse_policy(text: str, what: str) -> str:
+    if text not in SLOW_CLIENT_POLICIES:
+        raise SettingsError(f"{what}: must be one of {', '.join(SLOW_CLIENT_POLICIES)}: {text!r}")
+    return text
+
+
+def validate_delivery(s: Settings) -> None:
+    if 0 < s.heartbeat < 0.1:
+        raise SettingsError("--heartbeat must be 0 (off) or at least 0.1 seconds")
+    if s.history_age <= 0:
+        raise SettingsError("--history-age must be positive")
+    if s.retry > 24 * 3600 * 1000:
+        raise SettingsError("--retry must be at most a day (86400000 ms)")
