@@ -176,7 +176,12 @@ def test_clients_lists_them_on_stdout_or_in_the_log(daemon):
     r = ctl(*tcp(daemon), "clients")
     assert r.returncode == 0, r.stderr
     if r.stdout:  # a daemon with tcpclientlist
-        assert "visible-one" in json.dumps(json.loads(r.stdout))
+        header, row = r.stdout.splitlines()
+        assert header.split()[:3] == ["peer", "id", "state"]
+        assert row.split()[1:4] == ["visible-one", "SSE", "room1"]
+        raw = ctl(*tcp(daemon), "clients", "--json")
+        (entry,) = json.loads(raw.stdout)["clients"]
+        assert (entry["id"], entry["subscriptions"]) == ("visible-one", ["room1"])
     else:  # only clientlist, which writes to the log
         assert "wrote the client list to its log" in r.stderr
         daemon.wait_log(r"UniqId:visible-one")

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         if name == "count":
             sub.add_argument("token", metavar="TOKEN", nargs="?")
+        if name == "clients":
+            sub.add_argument("--json", dest="json_out", action="store_true",
+                             help="print the daemon's JSON document instead of a table")
         _channel_options(sub)
     return parser
 
@@ -155,8 +158,34 @@ def cmd_clients(control: Control, args) -> int:
         # A daemon without tcpclientlist (hasses, older pyhasses) only logs it.
         control.tell("clientlist")
         return _note("this daemon has no tcpclientlist: it wrote the client list to its log")
-    print(json.dumps(listing, indent=2, ensure_ascii=False))
+    table = None if args.json_out else client_table(listing)
+    print(table if table is not None else json.dumps(listing, indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+CLIENT_COLUMNS = ("peer", "id", "state", "subscriptions", "messages", "queued", "tls", "agent")
+
+
+def client_table(listing) -> Optional[str]:
+    """One line per client, or None for a document of another shape
+    (then it is printed as it came)."""
+    clients = listing.get("clients") if isinstance(listing, dict) else None
+    if not isinstance(clients, list) or not all(isinstance(c, dict) for c in clients):
+        return None
+    rows = [CLIENT_COLUMNS]
+    for c in clients:
+        rows.append(tuple(_cell(c.get(key)) for key in CLIENT_COLUMNS))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(CLIENT_COLUMNS) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value).replace("\n", " ")
 
 
 def _note(text: str) -> int:
