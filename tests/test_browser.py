@@ -42,6 +42,7 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--no-proxy-server",  # every address in these tests is loopback
 ]
 WAIT_MS = 15_000
 
@@ -149,8 +150,10 @@ class Chromium:
 
 
 @pytest.fixture
-def chromium(tmp_path):
+def chromium(tmp_path, monkeypatch):
     """Start Chromium with extra flags; afterwards no process of it is left."""
+    for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)  # Playwright reaches Chromium on loopback, never through a proxy
     started = []
 
     def start(*extra_flags):
