@@ -101,6 +101,10 @@ class Listener:
 class Connection:
     """What every connected socket shares: the outbox, flushing, closing."""
 
+    # Slots keep an idle stream small (issue 6: at most 1 KB each);
+    # "__dict__" keeps attributes not listed here working, at a dict's cost.
+    __slots__ = ("ctx", "sock", "fd", "peer", "outbox", "closed", "closing", "_eof", "_shut",
+                 "_flush_pending", "_writing", "__dict__")
     kind = "connection"
 
     def __init__(self, ctx, sock: socket.socket, peer: str, queue_limit: int):
@@ -177,7 +181,7 @@ class Connection:
     def schedule_flush(self) -> None:
         if not self._flush_pending and not self._writing:
             self._flush_pending = True
-            self.ctx.reactor.call_soon(self.flush)
+            self.ctx.flusher.add(self)
 
     def flush(self) -> None:
         self._flush_pending = False
@@ -247,6 +251,9 @@ class Connection:
 class SseClient(Connection):
     """A browser's connection: a request head, then an event stream."""
 
+    __slots__ = ("state_name", "reader", "tokens", "everything", "uniq_id", "established", "messages",
+                 "agent", "connected_at", "handshaked_at", "reinit_count", "_timer", "heartbeat_mark",
+                 "dropped")
     kind = "SSE client"
     # States shown in the client list, as hasses names them.
     NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
@@ -275,7 +282,7 @@ class SseClient(Connection):
         self.connected_at = time.time()
         self.handshaked_at = 0.0
         self.reinit_count = 0
-        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self._timeout, "handshake")
+        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self._handshake_over)
         ctx.hub.connected(self)
         ctx.log.info(f"Connect from {peer} as <{self.fd}> (clients: {len(ctx.hub.clients)})")
 
@@ -329,7 +336,10 @@ class SseClient(Connection):
         self.ctx.hub.subscribe(self, decision.tokens, decision.uniq_id)
         self.state_name = self.STREAM
         self.handshaked_at = time.time()
-        self._restart_timer(settings.stream_lifetime, "lifetime")
+        # The lifetime is watched by one sweep over all streams (service),
+        # not by a timer each: a timer costs an idle stream ~200 bytes.
+        self.ctx.reactor.cancel(self._timer)
+        self._timer = None
         self.reader = None  # an idle stream keeps no parser
         # One object, so that the drop policy never separates them.
         self.write(http.handshake(self.ctx.cors) + delivery.retry_hint(settings.retry))
@@ -370,7 +380,7 @@ class SseClient(Connection):
         self.messages += 1
         if not self._flush_pending and not self._writing:
             self._flush_pending = True
-            self.ctx.reactor.call_soon(self.flush)
+            self.ctx.flusher.add(self)
 
     def _drop_oldest(self, data: bytes) -> None:
         """The drop policy: make room by dropping the oldest queued events
@@ -414,8 +424,16 @@ class SseClient(Connection):
 
     # -- timers and closing -------------------------------------------------
     def _restart_timer(self, delay: float, why: str) -> None:
+        """Only the handshake has a timer of its own (see ``_request``)."""
         self.ctx.reactor.cancel(self._timer)
-        self._timer = self.ctx.reactor.call_later(delay, self._timeout, why)
+        self._timer = self.ctx.reactor.call_later(delay, self._handshake_over)
+
+    def lifetime_over(self) -> None:
+        """Called by the daemon's lifetime sweep."""
+        self._timeout("lifetime")
+
+    def _handshake_over(self) -> None:
+        self._timeout("handshake")
 
     def _timeout(self, why: str) -> None:
         self._timer = None
@@ -522,6 +540,19 @@ class ControlInput:
         self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
 
     def _run(self, items) -> None:
+        # The events of one read leave joined (Hub.hold), except under the
+        # drop policy, which drops whole queued chunks and counts events.
+        if self.ctx.settings.slow_client_policy == "drop":
+            self._run_items(items)
+            return
+        hub = self.ctx.hub
+        hub.hold()
+        try:
+            self._run_items(items)
+        finally:
+            hub.release()
+
+    def _run_items(self, items) -> None:
         handle = self.ctx.control.handle
         can_reply = self.reply is not None
         for item in items:
@@ -537,12 +568,26 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
+        try:
+            # Acknowledgements are small and awaited: Nagle would hold one
+            # back until the publisher's delayed ACK of the previous (40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.input = ControlInput(ctx, f"control {peer}", self._reply)
         ctx.control_clients.add(self)
         ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
 
     def on_data(self, data: bytes) -> None:
         self.input.feed(data)
+        self._reply_now()
+
+    def _reply_now(self) -> None:
+        """Acknowledgements leave at once, ahead of the fan-out's sends:
+        they say "queued for N", and a publisher waiting for one must not
+        wait for a sweep over every stream."""
+        if len(self.outbox) and not self._writing and not self.closed:
+            self.flush()
 
     def on_eof(self) -> None:
         """The writer half-closed or closed: its tail is complete; answer

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import re
+import time
 from typing import Optional
 from urllib.parse import unquote
 
@@ -38,8 +39,17 @@ _METHOD = re.compile(rb"[A-Z]+ ")
 KNOWN_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
 
+_date_line = [0, b""]  # [second, header line]: formatted once a second
+
+
 def http_date() -> bytes:
-    return b"Date: " + email.utils.formatdate(usegmt=True).encode() + b"\r\n"
+    """The Date header line, formatted once per second (a connection storm
+    sends thousands in the same second)."""
+    now = int(time.time())
+    if now != _date_line[0]:
+        _date_line[1] = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        _date_line[0] = now
+    return _date_line[1]
 
 
 # -- the answers ------------------------------------------------------------

@@ -97,6 +97,20 @@ class Outbox:
         ``BlockingIOError`` simply means the peer's window is full.
         """
         chunks = self._chunks
+        if not self._head and 0 < len(chunks) <= IOV_BATCH:
+            # The usual case on a stream: all of it fits one call, and the
+            # kernel takes all of it.
+            try:
+                sent = sock.send(chunks[0]) if len(chunks) == 1 else sock.sendmsg(chunks)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if sent == self._size:
+                chunks.clear()
+                self._size = 0
+                return True
+            done = self._consume(sent)
+            self._compact()
+            return done
         try:
             while self._head < len(chunks):
                 if len(chunks) - self._head == 1:

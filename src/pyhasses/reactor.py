@@ -101,7 +101,7 @@ class Reactor:
         if timer is not None and not timer.cancelled:
             timer.cancel()
             self._cancelled_timers += 1
-            if self._cancelled_timers > 512 and self._cancelled_timers * 2 > len(self._timers):
+            if self._cancelled_timers > 512 and self._cancelled_timers * 2 >= len(self._timers):
                 self._timers = [t for t in self._timers if not t.cancelled]
                 heapq.heapify(self._timers)
                 self._cancelled_timers = 0
@@ -193,6 +193,11 @@ class Reactor:
         except Exception as exc:
             owner = getattr(callback, "__self__", None)
             self._fail(owner, exc)
+
+    def fail(self, handler, exc: Exception) -> None:
+        """``handler`` raised in code run for it outside the loop's own
+        dispatch (a flush queue, say): close that handler, not the loop."""
+        self._fail(handler, exc)
 
     def _fail(self, handler, exc: Exception) -> None:
         on_failure = getattr(handler, "on_failure", None)

@@ -24,6 +24,7 @@ from typing import List, Optional
 from . import __version__, delivery, metrics, tls
 from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient
 from .control import ControlHandler
+from .flushqueue import FlushQueue
 from .history import History
 from .hub import Hub
 from .logs import Log, client_list_block, duration
@@ -66,6 +67,7 @@ class Daemon:
         self.listeners: List[Listener] = []
         self.fifo: Optional[FifoReader] = None
         self.reactor: Optional[Reactor] = None
+        self.flusher: Optional[FlushQueue] = None
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
         self.draining: Optional[delivery.Drain] = None
@@ -193,6 +195,7 @@ class Daemon:
     def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=()) -> None:
         """Build the reactor (after any fork) and run until a signal stops it."""
         self.reactor = Reactor(on_error=self.log.error)
+        self.flusher = FlushQueue(self.reactor)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)
@@ -208,9 +211,27 @@ class Daemon:
             self.reactor.register(listener.fd, listener)
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
         self.heartbeat.start()
+        self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
         self.reactor.run()
         self.shutdown()
+
+    # -- stream lifetime ------------------------------------------------------
+    def _lifetime_sweep_interval(self) -> float:
+        """A stream ends at most this late: 1/20 of its lifetime, 10 s at most."""
+        return min(10.0, max(0.05, self.settings.stream_lifetime / 20))
+
+    def _end_expired_streams(self) -> None:
+        """One timer for every stream's lifetime (a timer each would cost
+        every idle stream ~200 bytes); the sweep is a cheap pass over the
+        established streams."""
+        self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
+        born_before = time.time() - self.settings.stream_lifetime
+        for client in [c for c in self.hub.streams if c.handshaked_at <= born_before]:
+            try:
+                client.lifetime_over()
+            except Exception as exc:
+                self.reactor.fail(client, exc)
 
     # -- signals ------------------------------------------------------------
     def _on_stop_signal(self, signum: int) -> None:

@@ -1,0 +1,16 @@
+#!/bin/sh
+# The benchmark's smoke test (tests/test_bench_smoke.py) compiles
+# bench/loadgen.c with gcc (and OpenSSL for TLS) and compares pyhasses with nginx and its nchan
+# module (Debian packages).  Installs only what is missing; without network
+# the smoke test still runs pyhasses alone, so a failed install is a warning.
+set -u
+missing=""
+for p in gcc libssl-dev openssl nginx libnginx-mod-nchan; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+export DEBIAN_FRONTEND=noninteractive
+if ! { apt-get update -qq && apt-get install -y -qq $missing >/dev/null; }; then
+    echo "scripts/deps.d/bench.sh: could not install$missing" >&2
+fi
+exit 0
