@@ -35,6 +35,9 @@ from . import http
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+#: Held back from the start of ``run`` until the reactor handles them: a stop
+#: asked for while the daemon starts is a clean stop, not a traceback.
+HANDLED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class StartError(Exception):
@@ -197,6 +200,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.open_ports(sse_socks, control_socks)
         for listener in self.listeners:
             self.reactor.register(listener.fd, listener)
@@ -411,6 +415,7 @@ def _alive(pid: int) -> bool:
 
 # -- the whole start ---------------------------------------------------------------
 def run(settings: Settings) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     log = Log(settings.loglevel)
     if settings.nodaemon:
         log.to_stream(sys.stdout)
