@@ -61,3 +61,15 @@ def test_man_renders_without_warnings(page):
     assert done.returncode == 0
     assert done.stderr == ""
     assert "pyhasses - Server-Sent Events notification daemon" in done.stdout
+
+
+def test_pyhasses_ctl_page_renders_without_warnings():
+    page = MAN_PAGE.with_name("pyhasses-ctl.1")
+    if not page.exists() or shutil.which("man") is None:
+        pytest.skip("no pyhasses-ctl.1 in this tree, or man is not installed")
+    env = dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8")
+    done = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+    for word in ("send", "status", "clients", "count", "--fifo", "--ack", "--timeout"):
+        assert word in done.stdout
