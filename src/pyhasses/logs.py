@@ -94,15 +94,18 @@ class Log:
         self._handler = handler
         self._logger.addHandler(handler)
 
-    def reopen(self) -> None:
-        """After logrotate moved the file: write to a new one at the same path."""
+    def reopen(self) -> bool:
+        """After logrotate moved the file: write to a new one at the same
+        path.  False when logging to stdout (nothing to reopen)."""
         handler = self._handler
-        if isinstance(handler, ReopeningFileHandler):
-            handler.acquire()
-            try:
-                handler.reopen()
-            finally:
-                handler.release()
+        if not isinstance(handler, ReopeningFileHandler):
+            return False
+        handler.acquire()
+        try:
+            handler.reopen()
+        finally:
+            handler.release()
+        return True
 
     def stream_fileno(self):
         stream = getattr(self._handler, "stream", None)

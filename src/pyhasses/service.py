@@ -21,7 +21,7 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__, delivery, metrics, tls
+from . import __version__, delivery, http, metrics, tls
 from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient
 from .control import ControlHandler
 from .flushqueue import FlushQueue
@@ -30,8 +30,7 @@ from .hub import Hub
 from .logs import Log, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .settings import Endpoint, Settings
-from .sse import LAST_CHUNK, EventIds
-from . import http
+from .sse import EventIds
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -256,8 +255,8 @@ class Daemon:
         self.draining.start()
 
     def _on_hangup(self, signum: int) -> None:
-        self.log.reopen()
-        self.log.info("SIGHUP: log file reopened")
+        if self.log.reopen():
+            self.log.info("SIGHUP: log file reopened")
         if self.tls is not None:
             self._reload_certificate()
 
@@ -295,7 +294,7 @@ def sock_name(sock: socket.socket) -> str:
 
 
 # -- opening what needs privileges ----------------------------------------------
-def bind_endpoint(endpoint: Endpoint, dual_stack_wildcard: bool = True) -> List[socket.socket]:
+def bind_endpoint(endpoint: Endpoint) -> List[socket.socket]:
     """Listening sockets for an endpoint.  No host: one IPv6 socket that also
     takes IPv4 (dual-stack), or IPv4 alone where IPv6 is missing."""
     if not endpoint.hosts:
