@@ -10,6 +10,15 @@ for p in gcc libssl-dev openssl nginx libnginx-mod-nchan; do
 done
 [ -z "$missing" ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
+# Installing nginx must not start the system's nginx: forbid service starts
+# while installing, as delivery.sh does.
+made_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ] && [ "$(id -u)" = 0 ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+fi
+trap '[ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
 if ! { apt-get update -qq && apt-get install -y -qq $missing >/dev/null; }; then
     echo "scripts/deps.d/bench.sh: could not install$missing" >&2
 fi
