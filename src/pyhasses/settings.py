@@ -152,13 +152,17 @@ def parse_size(text: str, what: str) -> int:
     return value
 
 
-def parse_seconds(text: str, what: str) -> float:
+def parse_seconds(text: str, what: str, zero_is_off: bool = False) -> float:
+    """A finite number of seconds; positive, or 0 too where 0 turns a
+    feature off."""
     try:
         value = float(text)
     except ValueError:
         raise SettingsError(f"{what}: not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{what}: must be positive: {text!r}")
+    if value != value or value == float("inf"):
+        raise SettingsError(f"{what}: not a number of seconds: {text!r}")
+    if value < 0 or (value == 0 and not zero_is_off):
+        raise SettingsError(f"{what}: must be {'0 or ' if zero_is_off else ''}a positive number: {text!r}")
     return value
 
 
@@ -204,13 +208,7 @@ def parse_count(text: str, what: str) -> int:
 
 def parse_seconds_or_off(text: str, what: str) -> float:
     """Seconds, where 0 turns the feature off."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise SettingsError(f"{what}: not a number of seconds: {text!r}") from None
-    if value < 0 or value != value or value == float("inf"):
-        raise SettingsError(f"{what}: must be 0 or a positive number: {text!r}")
-    return value
+    return parse_seconds(text, what, zero_is_off=True)
 
 
 SLOW_CLIENT_POLICIES = ("disconnect", "drop")
