@@ -289,6 +289,11 @@ class SseClient(Connection):
     def tls_info(self) -> str:
         return ""
 
+    def _sealed_chunks(self) -> int:
+        """Queued chunks (from the head) that must stay as they are: none
+        in plain text; TLS keeps its ciphertext there."""
+        return 0
+
     def last_words(self) -> None:
         """At shutdown: end the stream and make one try to send what is queued."""
         if self.established:
@@ -321,7 +326,7 @@ class SseClient(Connection):
             self.ctx.hub.counters.reinits += 1
             self.reinit_count += 1
             self.reader = http.RequestReader(self.ctx.settings.max_head_bytes)
-            self._restart_timer(self.ctx.settings.handshake_timeout, "handshake")
+            self._restart_handshake_timer()
             self.on_data(data)
         elif self.ctx.log.debugging:
             self.ctx.log.debug(f"Connected client message <{self.fd}> {self.peer}: {data[:200]!r} (ignored)")
@@ -368,6 +373,8 @@ class SseClient(Connection):
     def deliver(self, data: bytes) -> None:
         """The fan-out's per-recipient step: queue, and flush at the end of
         the pass.  A client past its queue limit is closed, not waited for."""
+        # Outbox.append and schedule_flush written out: this runs once per
+        # recipient of every message, and the calls are a measurable part.
         outbox = self.outbox
         if outbox._size + len(data) > outbox.limit:
             if self.ctx.settings.slow_client_policy == "drop" and not self.closing:
@@ -388,8 +395,8 @@ class SseClient(Connection):
         event where they were, so the page knows it missed some."""
         outbox = self.outbox
         # Never drop the head (it may be partly sent) nor bytes already
-        # sealed by TLS (a TLS client keeps ``_cipher_chunks`` of them).
-        first = max(1, getattr(self, "_cipher_chunks", 0))
+        # sealed by TLS.
+        first = max(1, self._sealed_chunks())
         held = outbox.unsent(first)
         pending_reset = held if held is not None and held is self._reset_chunk else None
         keep = first + 1 if pending_reset is not None else first
@@ -423,25 +430,19 @@ class SseClient(Connection):
         self.ctx.reactor.call_soon(self.close, "write queue over its limit (slow reader)")
 
     # -- timers and closing -------------------------------------------------
-    def _restart_timer(self, delay: float, why: str) -> None:
+    def _restart_handshake_timer(self) -> None:
         """Only the handshake has a timer of its own (see ``_request``)."""
         self.ctx.reactor.cancel(self._timer)
-        self._timer = self.ctx.reactor.call_later(delay, self._handshake_over)
+        self._timer = self.ctx.reactor.call_later(self.ctx.settings.handshake_timeout, self._handshake_over)
 
     def lifetime_over(self) -> None:
         """Called by the daemon's lifetime sweep."""
-        self._timeout("lifetime")
+        self.ctx.log.info(f"Client <{self.fd}> {self.peer} reached its stream lifetime; closing")
+        self.end_stream()
 
     def _handshake_over(self) -> None:
-        self._timeout("handshake")
-
-    def _timeout(self, why: str) -> None:
         self._timer = None
-        if why == "lifetime":
-            self.ctx.log.info(f"Client <{self.fd}> {self.peer} reached its stream lifetime; closing")
-            self.end_stream()
-        else:
-            self.close(f"no complete request within {self.ctx.settings.handshake_timeout:g} s")
+        self.close(f"no complete request within {self.ctx.settings.handshake_timeout:g} s")
 
     def end_stream(self) -> None:
         """End the chunked body properly; the browser reconnects by itself."""
@@ -735,13 +736,16 @@ class TlsSseClient(SseClient):
             pass
         self._cipher_chunks = self.outbox.unsent_chunks()
 
+    def _sealed_chunks(self) -> int:
+        return self._cipher_chunks
+
     # -- closing ------------------------------------------------------------
-    def _timeout(self, why: str) -> None:
-        if why == "handshake" and self.pump.state == tls.HANDSHAKE:
+    def _handshake_over(self) -> None:
+        if self.pump.state == tls.HANDSHAKE:
             self._timer = None
             self.close(f"TLS handshake not completed within {self.ctx.settings.handshake_timeout:g} s")
         else:
-            super()._timeout(why)
+            super()._handshake_over()
 
     def close(self, reason: str, quiet: bool = False) -> None:
         """Every close says close_notify (or the handshake's alert) first,

@@ -240,5 +240,3 @@ class Hub:
             return len(self._everything)
         return len(self._by_token.get(token, ()))
 
-    def token_count(self) -> int:
-        return len(self._by_token)

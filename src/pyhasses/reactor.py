@@ -83,14 +83,7 @@ class Reactor:
             except (OSError, ValueError):
                 pass
 
-    def registered(self, fd: int) -> bool:
-        return fd in self._handlers
-
     # -- time ---------------------------------------------------------------
-    @staticmethod
-    def time() -> float:
-        return time.monotonic()
-
     def call_later(self, delay: float, callback: Callable, *args) -> Timer:
         timer = Timer(time.monotonic() + delay, callback, args)
         heapq.heappush(self._timers, timer)
