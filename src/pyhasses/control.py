@@ -51,24 +51,51 @@ class Framer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list:
-        self._buf += data
+        # One pass over the buffer by position and one deletion at the end:
+        # a publisher's read often holds dozens of parts.
+        buf = self._buf
+        buf += data
         out: list = []
-        while self._buf:
-            if self._dropping is not None:
-                if not self._skip_oversize(out):
-                    break
-                continue
-            json_part = self._buf[:1] == b"{"
-            end = self._find_end(json_part)
+        pos = 0
+        size = len(buf)
+        legacy_end = self._legacy_end.search
+        limit = self.limit
+        tail = False
+        while pos < size:
+            dropping = self._dropping
+            json_part = dropping == "json" if dropping is not None else buf[pos] == 0x7B  # "{"
+            start = self._scanned if self._scanned > pos else pos
+            if json_part:
+                end = buf.find(b"\n", start)
+            else:
+                match = legacy_end(buf, start)
+                end = match.start() if match else -1
             if end < 0:
-                if len(self._buf) > self.limit:
-                    self._start_dropping(json_part)
-                    continue
+                if dropping is not None:
+                    self._dropped += size - pos
+                    pos = size
+                elif size - pos > limit:
+                    self._dropping = "json" if json_part else "legacy"
+                    self._dropped = size - pos
+                    pos = size
+                else:
+                    tail = True
                 break
-            part = bytes(self._buf[:end])
-            del self._buf[:end + 1]
+            if dropping is not None:
+                out.append(Oversize(self._dropped + end - pos))
+                self._dropping = None
+            else:
+                part = bytes(buf[pos:end])
+                if part.endswith(b"\r"):
+                    part = part[:-1]
+                if len(part) > limit:
+                    out.append(Oversize(len(part)))
+                elif part.strip():
+                    out.append(part)
             self._scanned = 0
-            self._emit(part, out)
+            pos = end + 1
+        del buf[:pos]
+        self._scanned = len(buf) if tail else 0
         return out
 
     def finish(self) -> list:
@@ -83,16 +110,6 @@ class Framer:
         self._dropping = None
         return out
 
-    def _find_end(self, json_part: bool) -> int:
-        start = self._scanned
-        if json_part:
-            end = self._buf.find(b"\n", start)
-        else:
-            match = self._legacy_end.search(self._buf, start)
-            end = match.start() if match else -1
-        self._scanned = len(self._buf) if end < 0 else 0
-        return end
-
     def _emit(self, part: bytes, out: list) -> None:
         if part.endswith(b"\r"):
             part = part[:-1]
@@ -100,26 +117,6 @@ class Framer:
             out.append(Oversize(len(part)))
         elif part.strip():
             out.append(part)
-
-    def _start_dropping(self, json_part: bool) -> None:
-        self._dropping = "json" if json_part else "legacy"
-        self._dropped = len(self._buf)
-        self._buf.clear()
-        self._scanned = 0
-
-    def _skip_oversize(self, out: list) -> bool:
-        """Discard up to the end of the oversize part; True once past it."""
-        end = self._find_end(self._dropping == "json")
-        if end < 0:
-            self._dropped += len(self._buf)
-            self._buf.clear()
-            self._scanned = 0
-            return False
-        out.append(Oversize(self._dropped + end))
-        del self._buf[:end + 1]
-        self._scanned = 0
-        self._dropping = None
-        return True
 
 
 # -- what a part says ------------------------------------------------------
@@ -160,16 +157,25 @@ def interpret(part: bytes, max_token_length: int, max_message_bytes: int) -> Uni
     text = part.decode("utf-8", "surrogateescape")
     if text.startswith("{"):
         return _interpret_json(text, max_token_length, max_message_bytes)
+    token, eq, data = text.partition("=")
+    if eq and not token.lstrip().startswith(ARG_COMMANDS):
+        # TOKEN=MESSAGE, by far the most common part: no command has a '='
+        # before its argument.
+        return _legacy_message(token, data, max_token_length, max_message_bytes)
     word = text.strip()
     if word in SIMPLE_COMMANDS:
         return Command(word)
     for prefix in ARG_COMMANDS:
         if word.startswith(prefix):
             return Command(prefix[:-1], word[len(prefix):])
-    token, eq, data = text.partition("=")
     if not eq:
         return Invalid(f"unknown command or message without '=': {_show(text)}")
-    if len(data.encode("utf-8", "surrogateescape")) > max_message_bytes:
+    return _legacy_message(token, data, max_token_length, max_message_bytes)
+
+
+def _legacy_message(token: str, data: str, max_token_length: int, max_message_bytes: int) -> Union[Message, Invalid]:
+    # Characters never outnumber UTF-8 bytes: encode only when it may matter.
+    if len(data) * 4 > max_message_bytes and len(data.encode("utf-8", "surrogateescape")) > max_message_bytes:
         return Invalid(f"message over {max_message_bytes} bytes")
     try:
         target = parse_target(token, max_token_length)
