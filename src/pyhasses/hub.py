@@ -14,6 +14,7 @@ tokens plus its recipients.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable
 
 
@@ -36,8 +37,12 @@ class Target:
         return "-".join([t, *sorted(self.except_ids)])
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_target(text: str, max_token_length: int) -> Target:
-    """``TOKEN``, ``PREFIX*``, ``*``, ``TOKEN-UNIQ``, ``PREFIX*-UNIQ``."""
+    """``TOKEN``, ``PREFIX*``, ``*``, ``TOKEN-UNIQ``, ``PREFIX*-UNIQ``.
+
+    Cached: publishers address the same tokens over and over, and a Target
+    is immutable, so every message to a token can share one."""
     star = text.find("*")
     dash = text.find("-")
     except_id = ""
@@ -186,15 +191,24 @@ class Hub:
         """Queue ``data`` (one encoded event) for every recipient; returns
         how many.  The same bytes object goes to each of them."""
         self.counters.msgproccnt += 1
-        targets = tuple(targets)
+        if not isinstance(targets, (list, tuple)):
+            targets = tuple(targets)
         if len(targets) == 1:
             found = self.recipients(targets[0])
         else:
             found = set()
             for target in targets:
                 found.update(self.recipients(target))
-        if self._held is not None:
-            return self._hold(targets, found, data)
+        held = self._held
+        if held is not None:
+            # _hold's work written out: this is once per message in a batch.
+            if held and held[-1][0] == targets:
+                held[-1][2].append(data)
+            else:
+                held.append((targets, found, [data]))
+            count = len(found)
+            self.counters.msgsendcnt += count
+            return count
         count = 0
         for client in found:
             client.deliver(data)
@@ -211,16 +225,6 @@ class Hub:
         subscribed (control input), and release before the pass ends."""
         if self._held is None:
             self._held = []
-
-    def _hold(self, targets: tuple, found, data: bytes) -> int:
-        held = self._held
-        if held and held[-1][0] == targets:
-            held[-1][2].append(data)
-        else:
-            held.append((targets, found, [data]))
-        count = len(found)
-        self.counters.msgsendcnt += count
-        return count
 
     def release(self) -> None:
         """Deliver what was held, in publishing order."""
