@@ -95,29 +95,39 @@ class History:
 
     def record(self, event_id: int, targets, data: bytes) -> None:
         """Hold a just-published event (ids only ever increase)."""
+        # Runs once per published message: the usual case (nothing to let
+        # go, or only the oldest event) takes a few steps.
         if self.max_count <= 0:
             return
-        entry = HeldEvent(event_id, tuple(targets), data, self._clock())
-        if entry.size > self.max_bytes:
+        now = self._clock()
+        entry = HeldEvent(event_id, targets, data, now)
+        size = len(data) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
             self._evict(len(self))  # it can never be held; what was held is older anyway
             return
-        self.expire()
-        overflow = max(0, len(self) + 1 - self.max_count)
-        self._evict(overflow)
-        while len(self) and self._bytes + entry.size > self.max_bytes:
-            self._evict(1)
-        self._events.append(entry)
+        events = self._events
+        head = self._head
+        if head < len(events):
+            self._expire_before(now - self.max_age)
+            overflow = len(events) - self._head + 1 - self.max_count
+            if overflow > 0:
+                self._evict(overflow)
+            while self._head < len(events) and self._bytes + size > self.max_bytes:
+                self._evict(1)
+        events.append(entry)
         self._ids.append(event_id)
-        self._bytes += entry.size
+        self._bytes += size
 
     def expire(self) -> None:
         """Let go of events older than ``max_age``."""
-        limit = self._clock() - self.max_age
-        n = 0
+        self._expire_before(self._clock() - self.max_age)
+
+    def _expire_before(self, limit: float) -> None:
         events, head = self._events, self._head
-        while head + n < len(events) and events[head + n].at < limit:
-            n += 1
-        self._evict(n)
+        end = head
+        while end < len(events) and events[end].at < limit:
+            end += 1
+        self._evict(end - head)
 
     def since(self, last_id: Optional[str], last_issued: int, now_id: int) -> Resume:
         """What a client whose last event was ``last_id`` (the text of its
@@ -140,18 +150,25 @@ class History:
         return Resume(REPLAY, self._events[at + 1:], oldest)
 
     def _evict(self, n: int) -> None:
+        # A full history lets go of one event per event published: keep
+        # this loop free of property and range calls.
         if n <= 0:
             return
         events = self._events
-        for i in range(self._head, self._head + n):
-            self._bytes -= events[i].size
-            events[i] = None
-        self._head += n
-        if self._head == len(events):
+        head = self._head
+        end = head + n
+        freed = 0
+        while head < end:
+            freed += len(events[head].data)
+            events[head] = None
+            head += 1
+        self._bytes -= freed + n * ENTRY_OVERHEAD
+        if head == len(events):
             events.clear()
             self._ids.clear()
-            self._head = 0
-        elif self._head > 1024 and self._head * 2 > len(events):
-            del events[:self._head]
-            del self._ids[:self._head]
-            self._head = 0
+            head = 0
+        elif head > 1024 and head * 2 > len(events):
+            del events[:head]
+            del self._ids[:head]
+            head = 0
+        self._head = head

@@ -77,6 +77,8 @@ class Log:
     @level.setter
     def level(self, value: int) -> None:
         self._level = value
+        # A plain attribute: the hot paths ask before building a debug line.
+        self.debugging = value >= DEBUG
         self._logger.setLevel(_TO_LOGGING[value])
 
     def to_stream(self, stream=None) -> None:
@@ -128,10 +130,6 @@ class Log:
 
     def debug(self, msg: str) -> None:
         self._logger.debug(msg)
-
-    @property
-    def debugging(self) -> bool:
-        return self._level >= DEBUG
 
     def block(self, lines) -> None:
         for line in lines:
