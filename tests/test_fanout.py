@@ -1,12 +1,14 @@
 """The fan-out's batching (issue 6): events of one control read joined per
 run of targets (Hub.hold), streams flushed a slice per loop pass
-(flushqueue), acknowledgements ahead of the sweep.  Whatever the batching,
+(flushqueue), acknowledgements after the first slice.  Whatever the batching,
 every stream gets every event, once, whole and in order, with its own id."""
 
 import json
 import socket
 import time
 
+from pyhasses import flushqueue
+from pyhasses.flushqueue import FlushQueue
 from pyhasses.hub import Hub, parse_target
 from support import parse_event, wait_until
 
@@ -129,4 +131,89 @@ def test_one_control_write_of_many_events_arrives_as_separate_events(daemon):
         assert status["msgproccnt"] == 52 and status["msgsendcnt"] == 3 * 51 + 1
     finally:
         for s in socks + [other]:
+            s.close()
+
+
+class LoopStub:
+    """The two calls FlushQueue makes on the reactor, run by hand."""
+
+    def __init__(self):
+        self.pending = []
+        self.input = False
+        self.checks = 0
+
+    def call_soon(self, callback, *args):
+        self.pending.append((callback, args))
+
+    call_later = lambda self, delay, callback, *args: self.call_soon(callback, *args)
+
+    def input_waiting(self):
+        self.checks += 1
+        return self.input
+
+    def fail(self, conn, exc):
+        raise exc
+
+    def run_pass(self):
+        batch, self.pending = self.pending, []
+        for callback, args in batch:
+            callback(*args)
+
+
+class Conn:
+    def __init__(self, i, flushed):
+        self.i, self.flushed = i, flushed
+
+    def flush(self):
+        self.flushed.append(self.i)
+
+
+def test_a_slice_ends_early_when_a_publisher_writes_and_keeps_the_order():
+    loop, flushed, replies = LoopStub(), [], []
+    queue = FlushQueue(loop)
+    for i in range(2000):
+        queue.add(Conn(i, flushed))
+    queue.after_slice(lambda: replies.append(len(flushed)))
+    loop.input = True  # a publisher wrote while the slice runs
+    loop.run_pass()
+    assert flushed == list(range(flushqueue.CHECK_EVERY))  # cut at the first look
+    assert replies == [flushqueue.CHECK_EVERY]  # the reply follows that slice
+    loop.input = False
+    while loop.pending:
+        loop.run_pass()
+    assert flushed == list(range(2000))  # nobody skipped, nobody twice, in order
+
+
+def test_replies_wait_for_the_slice_that_follows_the_publish():
+    loop, flushed, replies = LoopStub(), [], []
+    queue = FlushQueue(loop)
+    queue.after_slice(lambda: replies.append("idle"))  # nothing to send: end of pass
+    loop.run_pass()
+    assert replies == ["idle"]
+    for i in range(400):
+        queue.add(Conn(i, flushed))
+    queue.after_slice(lambda: replies.append(len(flushed)))
+    loop.run_pass()
+    assert replies == ["idle", flushqueue.MIN_SLICE]  # 400 // 5 < MIN_SLICE
+    assert loop.checks == 0  # a slice under CHECK_EVERY never looks
+
+
+def test_acknowledgement_follows_the_sends_of_a_small_fan_out(daemon):
+    # Under one slice of recipients, "delivered: N" means every one of
+    # them was handed its event before the reply left.
+    socks = open_streams(daemon, 40)
+    try:
+        daemon.wait_clients(40)
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=10) as pub:
+            replies = pub.makefile("rb")
+            for i in range(5):
+                pub.sendall(json.dumps({"to": "all", "data": f"m{i}", "ack": True}).encode() + b"\n")
+                assert json.loads(replies.readline())["delivered"] == 40
+                for s in socks:
+                    s.setblocking(False)
+                    got = s.recv(65536)  # already here: no wait
+                    s.setblocking(True)
+                    assert f"data: m{i}".encode() in got
+    finally:
+        for s in socks:
             s.close()

@@ -122,3 +122,35 @@ def test_signal_arrives_through_wakeup_socket():
     assert got == [signal.SIGUSR1]
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     r.close()
+
+
+def test_input_waiting_sees_only_priority_descriptors_that_are_read():
+    r = Reactor(on_error=print)
+
+    class Handler:
+        def __init__(self, priority):
+            self.priority_input = priority
+
+        def on_events(self, mask):
+            pass
+
+    pub_a, pub_b = socket.socketpair()
+    sse_a, sse_b = socket.socketpair()
+    try:
+        r.register(pub_a.fileno(), Handler(True), READABLE)
+        r.register(sse_a.fileno(), Handler(False), READABLE)
+        assert not r.input_waiting()
+        sse_b.send(b"GET")  # a browser's bytes are not a publisher's
+        assert not r.input_waiting()
+        pub_b.send(b"room=x\n")
+        assert r.input_waiting()
+        r.modify(pub_a.fileno(), 0)  # not reading it now: not waiting either
+        assert not r.input_waiting()
+        r.modify(pub_a.fileno(), READABLE)
+        assert r.input_waiting()
+        r.unregister(pub_a.fileno())
+        assert not r.input_waiting()
+    finally:
+        for s in (pub_a, pub_b, sse_a, sse_b):
+            s.close()
+        r.close()

@@ -51,12 +51,13 @@ def describe_peer(addr) -> str:
 class Listener:
     """A listening socket; ``make(sock, peer)`` builds the connection."""
 
-    def __init__(self, ctx, sock: socket.socket, make, name: str):
+    def __init__(self, ctx, sock: socket.socket, make, name: str, priority_input: bool = False):
         self.ctx = ctx
         self.sock = sock
         self.make = make
         self.name = name
         self.fd = sock.fileno()
+        self.priority_input = priority_input  # a publisher's port: see Reactor.input_waiting
         self._paused = False
 
     def on_events(self, mask: int) -> None:
@@ -512,10 +513,11 @@ class ControlInput:
     unterminated tail, and running each part.  ``reply`` takes the answer
     bytes of a TCP writer; the FIFO has nobody to answer."""
 
-    def __init__(self, ctx, channel: str, reply=None):
+    def __init__(self, ctx, channel: str, reply=None, replied=None):
         self.ctx = ctx
         self.channel = channel
         self.reply = reply
+        self.replied = replied  # called after each run of parts, their events queued
         self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
         self._idle = None
 
@@ -545,13 +547,15 @@ class ControlInput:
         # drop policy, which drops whole queued chunks and counts events.
         if self.ctx.settings.slow_client_policy == "drop":
             self._run_items(items)
-            return
-        hub = self.ctx.hub
-        hub.hold()
-        try:
-            self._run_items(items)
-        finally:
-            hub.release()
+        else:
+            hub = self.ctx.hub
+            hub.hold()
+            try:
+                self._run_items(items)
+            finally:
+                hub.release()
+        if self.replied is not None:
+            self.replied()
 
     def _run_items(self, items) -> None:
         handle = self.ctx.control.handle
@@ -566,6 +570,7 @@ class ControlClient(Connection):
     """A publisher on the TCP control port."""
 
     kind = "control client"
+    priority_input = True  # read between the slices of a long fan-out
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
@@ -575,18 +580,21 @@ class ControlClient(Connection):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        self.input = ControlInput(ctx, f"control {peer}", self._reply)
+        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued)
         ctx.control_clients.add(self)
         ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
 
     def on_data(self, data: bytes) -> None:
         self.input.feed(data)
-        self._reply_now()
 
-    def _reply_now(self) -> None:
-        """Acknowledgements leave at once, ahead of the fan-out's sends:
-        they say "queued for N", and a publisher waiting for one must not
-        wait for a sweep over every stream."""
+    def _replies_queued(self) -> None:
+        if len(self.outbox) and not self.closed:
+            self.ctx.flusher.after_slice(self._send_replies)
+
+    def _send_replies(self) -> None:
+        """Replies leave after the first slice of the fan-out of the
+        messages they answer (FlushQueue): "delivered: N" says queued for N,
+        and sent to all of them unless there are more than a slice."""
         if len(self.outbox) and not self._writing and not self.closed:
             self.flush()
 
@@ -606,7 +614,7 @@ class ControlClient(Connection):
         if len(self.outbox) and not self.outbox.fits(len(answer)):
             self.close("does not read its replies")
             return False
-        self.write(answer)
+        self.outbox.append(answer)  # sent by _send_replies
         return True
 
     def on_closed(self, reason: str, quiet: bool) -> None:
@@ -620,6 +628,7 @@ class FifoReader:
     input when a writer closes (hasses does the same)."""
 
     kind = "FIFO"
+    priority_input = True
 
     def __init__(self, ctx, fd: int, path: str):
         self.ctx = ctx

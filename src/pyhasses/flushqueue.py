@@ -1,9 +1,10 @@
 """The order and the pace in which connections hand their queued bytes to
 the kernel.
 
-Owns: the queue of connections with bytes waiting, and how many of them are
-flushed in one loop pass.  Must not touch: sockets (each connection's
-``flush`` does the sending), the bytes themselves, protocol rules.
+Owns: the queue of connections with bytes waiting, how many of them are
+flushed in one loop pass, and when a publisher's replies may follow a
+fan-out.  Must not touch: sockets (each connection's ``flush`` does the
+sending), the bytes themselves, protocol rules.
 
 A fan-out to 10,000 streams costs 10,000 sends; done in one go it would hold
 the loop for the whole sweep, and messages published meanwhile would each
@@ -12,6 +13,13 @@ flushed per pass, in the order they asked; the rest wait for the next pass, whic
 reads new input first.  A message published meanwhile is appended to the
 bytes still waiting for a connection and leaves in the same send: under load
 the sends per message fall, and each stream still gets its events in order.
+
+Publishers are not kept waiting by a slice: every ``CHECK_EVERY`` sends the
+slice asks the reactor whether a publisher's input is waiting, and if so
+ends early so that the next pass reads it.  A publisher's replies
+(acknowledgements) leave after the slice that follows its messages
+(``after_slice``): one that waits for each acknowledgement then publishes
+about once per slice, and its messages still share sends.
 """
 
 from __future__ import annotations
@@ -24,15 +32,18 @@ from __future__ import annotations
 #: ~100 ms of sends however many streams there are.
 MIN_SLICE = 128
 MAX_SLICE = 8192
+#: Sends between two looks for publishers' input (one epoll_wait each).
+CHECK_EVERY = 256
 
 
 class FlushQueue:
-    __slots__ = ("_reactor", "_waiting", "_scheduled")
+    __slots__ = ("_reactor", "_waiting", "_scheduled", "_after")
 
     def __init__(self, reactor):
         self._reactor = reactor
         self._waiting: list = []
         self._scheduled = False
+        self._after: list = []
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -45,6 +56,14 @@ class FlushQueue:
             self._scheduled = True
             self._reactor.call_soon(self._run)
 
+    def after_slice(self, callback) -> None:
+        """Run ``callback`` once the slice of sends that starts this pass is
+        done; at the end of this pass when nothing waits to be sent."""
+        if self._scheduled:
+            self._after.append(callback)
+        else:
+            self._reactor.call_soon(callback)
+
     def _run(self) -> None:
         waiting = self._waiting
         size = min(MAX_SLICE, max(MIN_SLICE, len(waiting) // 5))
@@ -52,11 +71,24 @@ class FlushQueue:
             batch, self._waiting = waiting, []
         else:
             batch, self._waiting = waiting[:size], waiting[size:]
+        input_waiting = self._reactor.input_waiting
+        done = 0
         for conn in batch:
             try:
                 conn.flush()
             except Exception as exc:  # that connection's fault only
                 self._reactor.fail(conn, exc)
+            done += 1
+            if not done % CHECK_EVERY and done < len(batch) and input_waiting():
+                self._waiting[:0] = batch[done:]  # first in the next slice
+                break
+        if self._after:
+            after, self._after = self._after, []
+            for callback in after:
+                try:
+                    callback()
+                except Exception as exc:
+                    self._reactor.fail(getattr(callback, "__self__", None), exc)
         if self._waiting:
             self._reactor.call_later(0, self._run)  # the next pass, after its events
         else:

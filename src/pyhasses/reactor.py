@@ -62,18 +62,34 @@ class Reactor:
         self._signal_w = None
         self._running = False
         self._on_error = on_error
+        # Descriptors whose input should not wait for a long sweep of sends
+        # (publishers): a second epoll, asked without blocking by
+        # ``input_waiting``.
+        self._priority = select.epoll()
+        self._priority_fds: set = set()
 
     # -- descriptors --------------------------------------------------------
     def register(self, fd: int, handler, mask: int = READABLE) -> None:
+        """A handler with a true ``priority_input`` attribute is also
+        reported by ``input_waiting`` while it has input."""
         self._epoll.register(fd, mask)
         self._handlers[fd] = handler
         self._masks[fd] = mask
+        if getattr(handler, "priority_input", False):
+            self._priority.register(fd, READABLE)
+            self._priority_fds.add(fd)
+
+    def input_waiting(self) -> bool:
+        """Has a priority descriptor input (or an error) to read now?"""
+        return bool(self._priority_fds) and bool(self._priority.poll(0, 1))
 
     def modify(self, fd: int, mask: int) -> None:
         """Change the mask; a no-op when it is already that (epoll_ctl is a syscall)."""
         if self._masks.get(fd, mask) != mask:
             self._epoll.modify(fd, mask)
             self._masks[fd] = mask
+            if fd in self._priority_fds:
+                self._priority.modify(fd, mask & READABLE)
 
     def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
@@ -82,6 +98,12 @@ class Reactor:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):
                 pass
+            if fd in self._priority_fds:
+                self._priority_fds.discard(fd)
+                try:
+                    self._priority.unregister(fd)
+                except (OSError, ValueError):
+                    pass
 
     # -- time ---------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable, *args) -> Timer:
@@ -208,6 +230,7 @@ class Reactor:
             self._signal_r.close()
             self._signal_w.close()
         self._epoll.close()
+        self._priority.close()
 
 
 class _SignalPipe:

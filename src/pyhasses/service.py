@@ -160,7 +160,8 @@ class Daemon:
         for sock in sse_socks:
             self.listeners.append(Listener(self, sock, self._new_sse_client, f"SSE port {sock_name(sock)}"))
         for sock in control_socks:
-            self.listeners.append(Listener(self, sock, self._new_control_client, f"control port {sock_name(sock)}"))
+            self.listeners.append(Listener(self, sock, self._new_control_client, f"control port {sock_name(sock)}",
+                                           priority_input=True))
 
     def _new_sse_client(self, sock, peer):
         cap = self.settings.max_clients
