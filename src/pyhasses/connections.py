@@ -61,9 +61,13 @@ class Listener:
         self._paused = False
 
     def on_events(self, mask: int) -> None:
+        # socket.accept() written out: it converts the family and type to
+        # enums and asks the listener's timeout on every call (a storm).
+        listener = self.sock
+        accept, family, kind, proto = listener._accept, int(listener.family), int(listener.type), listener.proto
         for _ in range(ACCEPTS_PER_WAKEUP):  # bounded: a flood must not starve the rest
             try:
-                conn, addr = self.sock.accept()
+                fd, addr = accept()
             except OSError as exc:
                 if exc.errno in RETRY:
                     return
@@ -73,6 +77,12 @@ class Listener:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
+            try:
+                conn = socket.socket(family, kind, proto, fileno=fd)
+            except OSError as exc:
+                os.close(fd)
+                self.ctx.log.error(f"{self.name}: accepted connection unusable: {exc!r}")
+                continue
             conn.setblocking(False)
             try:
                 self.make(conn, describe_peer(addr))
@@ -264,10 +274,7 @@ class SseClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        # TCP_NODELAY comes from the listening socket (service._listen).
         self.state_name = self.NEW
         self.reader = http.RequestReader(ctx.settings.max_head_bytes)
         # The hub's view (hub.Subscriber)
@@ -285,7 +292,8 @@ class SseClient(Connection):
         self.reinit_count = 0
         self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self._handshake_over)
         ctx.hub.connected(self)
-        ctx.log.info(f"Connect from {peer} as <{self.fd}> (clients: {len(ctx.hub.clients)})")
+        if ctx.log.informing:
+            ctx.log.info(f"Connect from {peer} as <{self.fd}> (clients: {len(ctx.hub.clients)})")
 
     def tls_info(self) -> str:
         return ""
@@ -458,8 +466,9 @@ class SseClient(Connection):
         self.ctx.reactor.cancel(self._timer)
         self.ctx.hub.disconnected(self)
         self.reader = None
-        self.ctx.log.info(f"Closed connection <{self.fd}> {self.peer}: {reason} "
-                          f"(remaining clients: {len(self.ctx.hub.clients)})")
+        if self.ctx.log.informing:
+            self.ctx.log.info(f"Closed connection <{self.fd}> {self.peer}: {reason} "
+                              f"(remaining clients: {len(self.ctx.hub.clients)})")
 
 
 class Refused(Connection):
@@ -574,12 +583,6 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
-        try:
-            # Acknowledgements are small and awaited: Nagle would hold one
-            # back until the publisher's delayed ACK of the previous (40 ms).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued)
         ctx.control_clients.add(self)
         ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")

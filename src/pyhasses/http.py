@@ -53,9 +53,24 @@ def http_date() -> bytes:
 
 
 # -- the answers ------------------------------------------------------------
+_handshakes: dict = {}  # cors -> (Date line, head): rebuilt once a second
+
+
 def handshake(cors: bytes) -> bytes:
+    date = http_date()
+    cached = _handshakes.get(cors)
+    if cached is not None and cached[0] is date:
+        return cached[1]
+    head = _handshake(cors, date)
+    if len(_handshakes) > 16:
+        _handshakes.clear()
+    _handshakes[cors] = (date, head)
+    return head
+
+
+def _handshake(cors: bytes, date: bytes) -> bytes:
     return b"".join((
-        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
+        b"HTTP/1.1 200 OK\r\n", date, SERVER,
         b"Access-Control-Allow-Origin: ", cors, b"\r\n",
         b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
         b"Cache-Control: no-cache\r\n",

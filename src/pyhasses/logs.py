@@ -77,7 +77,8 @@ class Log:
     @level.setter
     def level(self, value: int) -> None:
         self._level = value
-        # A plain attribute: the hot paths ask before building a debug line.
+        # Plain attributes: the hot paths ask before building a line.
+        self.informing = value >= NORMAL
         self.debugging = value >= DEBUG
         self._logger.setLevel(_TO_LOGGING[value])
 
