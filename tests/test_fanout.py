@@ -171,17 +171,23 @@ class Conn:
 def test_a_slice_ends_early_when_a_publisher_writes_and_keeps_the_order():
     loop, flushed, replies = LoopStub(), [], []
     queue = FlushQueue(loop)
-    for i in range(2000):
+    total = 20000
+    for i in range(total):
         queue.add(Conn(i, flushed))
     queue.after_slice(lambda: replies.append(len(flushed)))
     loop.input = True  # a publisher wrote while the slice runs
     loop.run_pass()
-    assert flushed == list(range(flushqueue.CHECK_EVERY))  # cut at the first look
-    assert replies == [flushqueue.CHECK_EVERY]  # the reply follows that slice
+    # The slice is a fifth of the queue; the first look comes after a
+    # quarter of it, at a multiple of CHECK_EVERY.
+    every = flushqueue.CHECK_EVERY
+    first_look = -(-(total // 5 // 4) // every) * every
+    assert every < first_look < total // 5
+    assert flushed == list(range(first_look))
+    assert replies == [first_look]  # the reply follows that slice
     loop.input = False
     while loop.pending:
         loop.run_pass()
-    assert flushed == list(range(2000))  # nobody skipped, nobody twice, in order
+    assert flushed == list(range(total))  # nobody skipped, nobody twice, in order
 
 
 def test_replies_wait_for_the_slice_that_follows_the_publish():

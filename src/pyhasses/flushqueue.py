@@ -14,9 +14,12 @@ reads new input first.  A message published meanwhile is appended to the
 bytes still waiting for a connection and leaves in the same send: under load
 the sends per message fall, and each stream still gets its events in order.
 
-Publishers are not kept waiting by a slice: every ``CHECK_EVERY`` sends the
-slice asks the reactor whether a publisher's input is waiting, and if so
-ends early so that the next pass reads it.  A publisher's replies
+Publishers are not kept waiting by a slice: once a quarter of it is sent,
+every ``CHECK_EVERY`` sends the slice asks the reactor whether a
+publisher's input is waiting, and if so ends early so that the next pass
+reads it.  (The quarter bounds what a publisher writing without pause
+costs: each read is a Python step per recipient, and at most four of them
+come per slice.)  A publisher's replies
 (acknowledgements) leave after the slice that follows its messages
 (``after_slice``): one that waits for each acknowledgement then publishes
 about once per slice, and its messages still share sends.
@@ -72,6 +75,7 @@ class FlushQueue:
         else:
             batch, self._waiting = waiting[:size], waiting[size:]
         input_waiting = self._reactor.input_waiting
+        first_look = max(CHECK_EVERY, len(batch) // 4)
         done = 0
         for conn in batch:
             try:
@@ -79,7 +83,7 @@ class FlushQueue:
             except Exception as exc:  # that connection's fault only
                 self._reactor.fail(conn, exc)
             done += 1
-            if not done % CHECK_EVERY and done < len(batch) and input_waiting():
+            if not done % CHECK_EVERY and first_look <= done < len(batch) and input_waiting():
                 self._waiting[:0] = batch[done:]  # first in the next slice
                 break
         if self._after:
