@@ -106,9 +106,9 @@ class History:
             self._evict(len(self))  # it can never be held; what was held is older anyway
             return
         events = self._events
-        head = self._head
-        if head < len(events):
-            self._expire_before(now - self.max_age)
+        if self._head < len(events):
+            if events[self._head].at < now - self.max_age:
+                self._expire_before(now - self.max_age)
             overflow = len(events) - self._head + 1 - self.max_count
             if overflow > 0:
                 self._evict(overflow)

@@ -37,7 +37,7 @@ class Target:
         return "-".join([t, *sorted(self.except_ids)])
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=16384)
 def parse_target(text: str, max_token_length: int) -> Target:
     """``TOKEN``, ``PREFIX*``, ``*``, ``TOKEN-UNIQ``, ``PREFIX*-UNIQ``.
 
