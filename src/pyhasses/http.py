@@ -156,17 +156,23 @@ def options_answer(cors: bytes) -> bytes:
 
 
 # -- reading heads ----------------------------------------------------------
-@dataclasses.dataclass
 class RequestHead:
-    method: bytes
-    target: bytes
-    version: str
-    headers: list  # [(lower-case name, value)] as bytes, in order
+    """One request head: ``headers`` as sent, ``[(lower-case name, value)]``
+    in order; ``fields`` the same by name, a repeated field's values joined
+    by ", " (RFC 9110 5.3)."""
+
+    __slots__ = ("method", "target", "version", "headers", "fields")
+
+    def __init__(self, method: bytes, target: bytes, version: str, headers: list, fields: dict):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.fields = fields
 
     def header(self, name: bytes) -> Optional[bytes]:
-        """All values of ``name`` joined by ", " (RFC 9110 5.3), or None."""
-        values = [v for n, v in self.headers if n == name]
-        return b", ".join(values) if values else None
+        """The value of the lower-case ``name``, or None."""
+        return self.fields.get(name)
 
 
 @dataclasses.dataclass
@@ -183,13 +189,17 @@ class _Collector:
     def __init__(self):
         self.target = b""
         self.headers = []
+        self.fields = {}
         self.done = False
 
     def on_url(self, url: bytes) -> None:
         self.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        fields = self.fields
+        fields[name] = fields[name] + b", " + value if name in fields else value
 
     def on_headers_complete(self) -> None:
         self.done = True
@@ -209,6 +219,11 @@ class RequestReader:
 
     def feed(self, data: bytes):
         """Returns a list of RequestHead / BadHead; a BadHead is always last."""
+        if (not self._buf and 4 < len(data) <= self.limit and 0x41 <= data[0] <= 0x5A
+                and data.find(b"\n\r\n") == len(data) - 3 and b"\n\n" not in data):
+            # The usual case: one whole head, alone, in one read (it starts
+            # with a method and its only empty line is the last one).
+            return [parse_head(data)]
         self._buf += data
         out = []
         while self._buf:
@@ -248,7 +263,8 @@ def parse_head(head: bytes):
     head = head.lstrip(b"\r\n")
     # Hand-typed requests end lines with LF alone; hasses takes them, and so
     # do we, on every httptools release.
-    head = _BARE_LF.sub(b"\r\n", head)
+    if head.count(b"\n") != head.count(b"\r\n"):
+        head = _BARE_LF.sub(b"\r\n", head)
     collector = _Collector()
     parser = httptools.HttpRequestParser(collector)
     try:
@@ -259,12 +275,8 @@ def parse_head(head: bytes):
         return _classify_error(head, exc)
     if not collector.done:
         return BadHead(400, "incomplete request head")
-    return RequestHead(
-        method=parser.get_method(),
-        target=collector.target,
-        version=parser.get_http_version(),
-        headers=collector.headers,
-    )
+    return RequestHead(parser.get_method(), collector.target, parser.get_http_version(),
+                       collector.headers, collector.fields)
 
 
 def _classify_error(head: bytes, exc: Exception) -> BadHead:
