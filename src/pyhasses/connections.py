@@ -356,12 +356,9 @@ class SseClient(Connection):
         self._timer = None
         self.reader = None  # an idle stream keeps no parser
         # One object, so that the drop policy never separates them.
-        self.outbox.append(http.handshake(self.ctx.cors) + delivery.retry_hint(settings.retry))
+        self.write(http.handshake(self.ctx.cors) + delivery.retry_hint(settings.retry))
         if decision.last_event_id is not None:
             self.ctx.resume(self, decision.last_event_id)
-            self.schedule_flush()  # the head and the replay in one send, at the end of the pass
-        else:
-            self.flush()  # nothing to join it with: no queue step (a storm of new streams)
         log = self.ctx.log
         if log.debugging:
             log.debug(f"SSE connection OK <{self.fd}> {self.peer} subscribes {','.join(decision.tokens)!r}"
