@@ -128,4 +128,43 @@ def test_exact_cost_independent_of_other_clients():
         make(h, f"c{i}", [f"t{i}"])
     found = h.recipients(parse_target("t42", 128))
     # the token's own members, straight from the index: no scan
-    assert found is h._by_token["t42"] and len(found) == 1
+    assert [c.name for c in found] == ["c42"]
+    make(h, "second", ["t42"])
+    found = h.recipients(parse_target("t42", 128))
+    assert found is h._by_token["t42"] and len(found) == 2
+
+
+def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
+    # A token held by one stream is stored as that stream, by two or more
+    # as a dict: every transition between the two must keep routing exact.
+    import random
+
+    rng = random.Random(6)
+    h = Hub()
+    model = {}  # name -> set of tokens
+    clients = {}
+    words = ["a", "ab", "b", "bc", "c"]
+    for step in range(3000):
+        name = f"c{rng.randrange(12)}"
+        if name in clients and rng.random() < 0.4:
+            c = clients.pop(name)
+            del model[name]
+            if rng.random() < 0.5:
+                h.disconnected(c)
+            else:
+                h.unsubscribe(c)  # still connected, no longer a stream
+        else:
+            tokens = rng.sample(words + ["*"], rng.randint(1, 3))
+            c = clients.get(name) or Client(name)
+            if name not in clients:
+                h.connected(c)
+            clients[name] = c
+            h.subscribe(c, tokens, "")
+            model[name] = set(tokens)
+        for word in words:
+            expect = sorted(n for n, ts in model.items() if word in ts or "*" in ts)
+            assert names(h.recipients(parse_target(word, 128))) == expect, (step, word)
+            expect = sorted(n for n, ts in model.items() if "*" in ts or any(t.startswith(word) for t in ts))
+            assert names(h.recipients(parse_target(word + "*", 128))) == expect, (step, word)
+            assert h.subscribed_count(word) == sum(word in ts for ts in model.values())
+    assert set(h._by_token) <= set(words)

@@ -102,7 +102,10 @@ class Hub:
         # (5,000 members), a dict ~30: memory per idle stream (issue 6).
         self.clients: dict = {}        # every open SSE connection
         self.streams: dict = {}        # established ones
-        self._by_token: dict = {}      # token -> {client: None}
+        # token -> its one subscriber, or {client: None} for two or more: a
+        # dict of one costs ~220 bytes, and most tokens (a user's own) have
+        # one subscriber (issue 6: memory per idle stream).
+        self._by_token: dict = {}
         self._everything: dict = {}    # clients that subscribed to "*"
         self.counters = Counters()
         self._held = None              # while holding: [(targets, recipients, [data, ...]), ...]
@@ -124,8 +127,15 @@ class Hub:
         client.everything = "*" in tokens
         client.tokens = tuple(t for t in tokens if t != "*")
         client.uniq_id = uniq_id
+        by_token = self._by_token
         for token in client.tokens:
-            self._by_token.setdefault(token, {})[client] = None
+            members = by_token.get(token)
+            if members is None:
+                by_token[token] = client
+            elif type(members) is dict:
+                members[client] = None
+            else:
+                by_token[token] = {members: None, client: None}
         if client.everything:
             self._everything[client] = None
         client.established = True
@@ -135,12 +145,15 @@ class Hub:
     def unsubscribe(self, client) -> None:
         if not client.established:
             return
+        by_token = self._by_token
         for token in client.tokens:
-            members = self._by_token.get(token)
-            if members is not None:
+            members = by_token.get(token)
+            if members is client:
+                del by_token[token]
+            elif type(members) is dict:
                 members.pop(client, None)
-                if not members:
-                    del self._by_token[token]
+                if len(members) == 1:
+                    by_token[token] = next(iter(members))
         self._everything.pop(client, None)
         self.streams.pop(client, None)
         client.established = False
@@ -156,15 +169,20 @@ class Hub:
             found = set(self._everything)
             for token, members in self._by_token.items():
                 if token.startswith(target.token):
-                    found.update(members)
+                    if type(members) is dict:
+                        found.update(members)
+                    else:
+                        found.add(members)
         else:
             members = self._by_token.get(target.token)
+            if members is not None and type(members) is not dict:
+                members = (members,)
             if not self._everything:
                 found = members or ()
             elif members is None:
                 found = self._everything
             else:
-                found = members | self._everything
+                found = (members if type(members) is dict else dict.fromkeys(members)) | self._everything
         if target.except_ids:
             skip = target.except_ids
             return [c for c in found if c.uniq_id not in skip]
@@ -242,5 +260,8 @@ class Hub:
         """Clients holding exactly this subscription."""
         if token == "*":
             return len(self._everything)
-        return len(self._by_token.get(token, ()))
+        members = self._by_token.get(token)
+        if members is None:
+            return 0
+        return len(members) if type(members) is dict else 1
 
