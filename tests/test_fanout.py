@@ -135,17 +135,21 @@ def test_one_control_write_of_many_events_arrives_as_separate_events(daemon):
 
 
 class LoopStub:
-    """The two calls FlushQueue makes on the reactor, run by hand."""
+    """The calls FlushQueue makes on the reactor, run by hand: a pass runs
+    the timers set in earlier passes, then the callbacks queued for its end
+    until there are none (as Reactor.run_once)."""
 
     def __init__(self):
         self.pending = []
+        self.later = []
         self.input = False
         self.checks = 0
 
     def call_soon(self, callback, *args):
         self.pending.append((callback, args))
 
-    call_later = lambda self, delay, callback, *args: self.call_soon(callback, *args)
+    def call_later(self, delay, callback, *args):
+        self.later.append((callback, args))
 
     def input_waiting(self):
         self.checks += 1
@@ -155,9 +159,13 @@ class LoopStub:
         raise exc
 
     def run_pass(self):
-        batch, self.pending = self.pending, []
-        for callback, args in batch:
+        timers, self.later = self.later, []
+        for callback, args in timers:
             callback(*args)
+        while self.pending:
+            batch, self.pending = self.pending, []
+            for callback, args in batch:
+                callback(*args)
 
 
 class Conn:
@@ -185,7 +193,7 @@ def test_a_slice_ends_early_when_a_publisher_writes_and_keeps_the_order():
     assert flushed == list(range(first_look))
     assert replies == [first_look]  # the reply follows that slice
     loop.input = False
-    while loop.pending:
+    while loop.pending or loop.later:
         loop.run_pass()
     assert flushed == list(range(total))  # nobody skipped, nobody twice, in order
 

@@ -290,7 +290,8 @@ class SseClient(Connection):
         self.connected_at = time.time()
         self.handshaked_at = 0.0
         self.reinit_count = 0
-        self._timer = ctx.reactor.call_later(ctx.settings.handshake_timeout, self._handshake_over)
+        self._timer = None
+        self._start_handshake_timer()
         ctx.hub.connected(self)
         if ctx.log.informing:
             ctx.log.info(f"Connect from {peer} as <{self.fd}> (clients: {len(ctx.hub.clients)})")
@@ -335,7 +336,7 @@ class SseClient(Connection):
             self.ctx.hub.counters.reinits += 1
             self.reinit_count += 1
             self.reader = http.RequestReader(self.ctx.settings.max_head_bytes)
-            self._restart_handshake_timer()
+            self._start_handshake_timer()
             self.on_data(data)
         elif self.ctx.log.debugging:
             self.ctx.log.debug(f"Connected client message <{self.fd}> {self.peer}: {data[:200]!r} (ignored)")
@@ -439,7 +440,7 @@ class SseClient(Connection):
         self.ctx.reactor.call_soon(self.close, "write queue over its limit (slow reader)")
 
     # -- timers and closing -------------------------------------------------
-    def _restart_handshake_timer(self) -> None:
+    def _start_handshake_timer(self) -> None:
         """Only the handshake has a timer of its own (see ``_request``)."""
         self.ctx.reactor.cancel(self._timer)
         self._timer = self.ctx.reactor.call_later(self.ctx.settings.handshake_timeout, self._handshake_over)

@@ -59,7 +59,6 @@ class Framer:
         pos = 0
         size = len(buf)
         legacy_end = self._legacy_end.search
-        limit = self.limit
         tail = False
         while pos < size:
             dropping = self._dropping
@@ -74,7 +73,7 @@ class Framer:
                 if dropping is not None:
                     self._dropped += size - pos
                     pos = size
-                elif size - pos > limit:
+                elif size - pos > self.limit:
                     self._dropping = "json" if json_part else "legacy"
                     self._dropped = size - pos
                     pos = size
@@ -85,13 +84,7 @@ class Framer:
                 out.append(Oversize(self._dropped + end - pos))
                 self._dropping = None
             else:
-                part = bytes(buf[pos:end])
-                if part.endswith(b"\r"):
-                    part = part[:-1]
-                if len(part) > limit:
-                    out.append(Oversize(len(part)))
-                elif part.strip():
-                    out.append(part)
+                self._emit(bytes(buf[pos:end]), out)
             self._scanned = 0
             pos = end + 1
         del buf[:pos]
@@ -168,9 +161,7 @@ def interpret(part: bytes, max_token_length: int, max_message_bytes: int) -> Uni
     for prefix in ARG_COMMANDS:
         if word.startswith(prefix):
             return Command(prefix[:-1], word[len(prefix):])
-    if not eq:
-        return Invalid(f"unknown command or message without '=': {_show(text)}")
-    return _legacy_message(token, data, max_token_length, max_message_bytes)
+    return Invalid(f"unknown command or message without '=': {_show(text)}")
 
 
 def _legacy_message(token: str, data: str, max_token_length: int, max_message_bytes: int) -> Union[Message, Invalid]:

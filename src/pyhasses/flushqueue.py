@@ -86,13 +86,9 @@ class FlushQueue:
             if not done % CHECK_EVERY and first_look <= done < len(batch) and input_waiting():
                 self._waiting[:0] = batch[done:]  # first in the next slice
                 break
-        if self._after:
-            after, self._after = self._after, []
-            for callback in after:
-                try:
-                    callback()
-                except Exception as exc:
-                    self._reactor.fail(getattr(callback, "__self__", None), exc)
+        for callback in self._after:
+            self._reactor.call_soon(callback)  # still this pass, after the slice
+        self._after.clear()
         if self._waiting:
             self._reactor.call_later(0, self._run)  # the next pass, after its events
         else:

@@ -36,10 +36,6 @@ class HeldEvent:
         self.data = data
         self.at = at
 
-    @property
-    def size(self) -> int:
-        return len(self.data) + ENTRY_OVERHEAD
-
 
 #: Resume outcomes.
 REPLAY = "replay"        # the id is held: the events after it follow
@@ -95,26 +91,20 @@ class History:
 
     def record(self, event_id: int, targets, data: bytes) -> None:
         """Hold a just-published event (ids only ever increase)."""
-        # Runs once per published message: the usual case (nothing to let
-        # go, or only the oldest event) takes a few steps.
         if self.max_count <= 0:
             return
         now = self._clock()
-        entry = HeldEvent(event_id, targets, data, now)
         size = len(data) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             self._evict(len(self))  # it can never be held; what was held is older anyway
             return
-        events = self._events
-        if self._head < len(events):
-            if events[self._head].at < now - self.max_age:
-                self._expire_before(now - self.max_age)
-            overflow = len(events) - self._head + 1 - self.max_count
-            if overflow > 0:
-                self._evict(overflow)
-            while self._head < len(events) and self._bytes + size > self.max_bytes:
-                self._evict(1)
-        events.append(entry)
+        self._expire_before(now - self.max_age)
+        overflow = len(self) + 1 - self.max_count
+        if overflow > 0:
+            self._evict(overflow)
+        while len(self) and self._bytes + size > self.max_bytes:
+            self._evict(1)
+        self._events.append(HeldEvent(event_id, targets, data, now))
         self._ids.append(event_id)
         self._bytes += size
 
@@ -127,7 +117,8 @@ class History:
         end = head
         while end < len(events) and events[end].at < limit:
             end += 1
-        self._evict(end - head)
+        if end > head:
+            self._evict(end - head)
 
     def since(self, last_id: Optional[str], last_issued: int, now_id: int) -> Resume:
         """What a client whose last event was ``last_id`` (the text of its

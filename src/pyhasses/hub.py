@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 class RoutingError(ValueError):
@@ -205,33 +205,25 @@ class Hub:
                 return True
         return False
 
-    def publish(self, targets: Iterable[Target], data: bytes) -> int:
+    def publish(self, targets: Sequence[Target], data: bytes) -> int:
         """Queue ``data`` (one encoded event) for every recipient; returns
         how many.  The same bytes object goes to each of them."""
         self.counters.msgproccnt += 1
-        if not isinstance(targets, (list, tuple)):
-            targets = tuple(targets)
         if len(targets) == 1:
             found = self.recipients(targets[0])
         else:
             found = set()
             for target in targets:
                 found.update(self.recipients(target))
-        held = self._held
-        if held is not None:
-            # _hold's work written out: this is once per message in a batch.
-            if held and held[-1][0] == targets:
-                held[-1][2].append(data)
-            else:
-                held.append((targets, found, [data]))
-            count = len(found)
-            self.counters.msgsendcnt += count
-            return count
-        count = 0
-        for client in found:
-            client.deliver(data)
-            count += 1
+        count = len(found)
         self.counters.msgsendcnt += count
+        held = self._held
+        if held is None:
+            _deliver(found, data, 1)
+        elif held and held[-1][0] == targets:
+            held[-1][2].append(data)
+        else:
+            held.append((targets, found, [data]))
         return count
 
     # -- batches ------------------------------------------------------------
@@ -248,12 +240,7 @@ class Hub:
         """Deliver what was held, in publishing order."""
         held, self._held = self._held, None
         for _targets, found, datas in held or ():
-            data = datas[0] if len(datas) == 1 else b"".join(datas)
-            extra = len(datas) - 1
-            for client in found:
-                client.deliver(data)
-                if extra:
-                    client.messages += extra  # one queue step, several events
+            _deliver(found, datas[0] if len(datas) == 1 else b"".join(datas), len(datas))
 
     # -- questions ----------------------------------------------------------
     def subscribed_count(self, token: str) -> int:
@@ -265,3 +252,12 @@ class Hub:
             return 0
         return len(members) if type(members) is dict else 1
 
+
+def _deliver(found, data: bytes, events: int) -> None:
+    """The fan-out: the same bytes object to every recipient, one queue step
+    each, however many events ``data`` joins."""
+    extra = events - 1
+    for client in found:
+        client.deliver(data)
+        if extra:
+            client.messages += extra

@@ -97,26 +97,18 @@ class Outbox:
         ``BlockingIOError`` simply means the peer's window is full.
         """
         chunks = self._chunks
-        if not self._head and 0 < len(chunks) <= IOV_BATCH:
-            # The usual case on a stream: all of it fits one call, and the
-            # kernel takes all of it.
-            try:
-                sent = sock.send(chunks[0]) if len(chunks) == 1 else sock.sendmsg(chunks)
-            except (BlockingIOError, InterruptedError):
-                return False
-            if sent == self._size:
-                chunks.clear()
-                self._size = 0
-                return True
-            done = self._consume(sent)
-            self._compact()
-            return done
         try:
             while self._head < len(chunks):
-                if len(chunks) - self._head == 1:
+                if self._head == len(chunks) - 1:
                     sent = sock.send(chunks[self._head])
+                elif not self._head and len(chunks) <= IOV_BATCH:
+                    sent = sock.sendmsg(chunks)  # the usual case: all of it, no copy of the list
                 else:
                     sent = sock.sendmsg(chunks[self._head:self._head + IOV_BATCH])
+                if sent == self._size:  # the kernel took everything queued
+                    chunks.clear()
+                    self._head = self._size = 0
+                    return True
                 if not self._consume(sent):
                     return False
         except (BlockingIOError, InterruptedError):

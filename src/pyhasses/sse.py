@@ -43,6 +43,10 @@ def event_body(event_id: int, data: str, event: Optional[str] = None, retry: Opt
     """The event as the WHATWG stream format wants it: every line of ``data``
     on its own ``data:`` line, so a line break can never end the event early
     or inject a field."""
+    if event is None and retry is None and "\n" not in data and "\r" not in data:
+        # Most events are one line with an id: one formatting step, not six
+        # (this runs once per published message).
+        return b"id: %d\ndata: %s\n\n" % (event_id, data.encode("utf-8", "surrogateescape"))
     parts = []
     if event:
         parts.append(f"event: {event}\n")
@@ -61,11 +65,6 @@ def chunk(body: bytes) -> bytes:
 
 
 def encode_event(event_id: int, data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
-    if event is None and retry is None and "\n" not in data and "\r" not in data:
-        # Most events are one line with an id: one formatting step, not six
-        # (this runs once per published message).
-        body = b"id: %d\ndata: %s\n\n" % (event_id, data.encode("utf-8", "surrogateescape"))
-        return b"%x\r\n%s\r\n" % (len(body), body)
     return chunk(event_body(event_id, data, event, retry))
 
 
