@@ -82,6 +82,15 @@ def test_bind_addresses():
     assert s.sse.hosts == ("127.0.0.1",) and s.control.hosts == ()
 
 
+def test_control_port_every_address_as_readme_says():
+    # README: "-cp=*:8085 ... restores that" (hasses listened everywhere);
+    # a bare port stays loopback.
+    s = build_settings(parse_args(["-p=8080", "-murl=/s", "-cp=*:8085"]))
+    assert s.control.hosts == ()
+    s = build_settings(parse_args(["-p=8080", "-murl=/s", "-cp=8085"]))
+    assert s.control.hosts == ("127.0.0.1", "::1")
+
+
 def test_switch_with_value_refused():
     with pytest.raises(UsageError):
         parse_args(["-ra=1"])

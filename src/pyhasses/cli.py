@@ -73,7 +73,7 @@ OPTIONS = (
            lambda t: parse_endpoint(t, "-p")),
     Option(("-murl",), "--match-url", "match_url", "PATH", "URL path SSE clients request (required)"),
     Option(("-cp",), "--control-port", "control", "[ADDR:]PORT", "TCP control port (loopback unless an address is given)",
-           lambda t: parse_endpoint(t, "-cp")),
+           lambda t: parse_endpoint(t, "-cp", default_hosts=expand_hosts(["localhost"]))),
     Option(("-fifo",), "--fifo", "fifo", "PATH", "control FIFO, created if missing"),
     Option(("-sep", "-F"), "--separator", "separator", "C",
            "message delimiter on the control channels: its first character (default ;)", lambda t: t[:1]),
@@ -251,11 +251,8 @@ def build_settings(raw: dict) -> Settings:
         sse = Endpoint(sse.port, expand_hosts([raw.pop("bind")]))
     control = raw.pop("control", None)
     control_bind = raw.pop("control_bind", None)
-    if control is not None:
-        if control_bind is not None:
-            control = Endpoint(control.port, expand_hosts([control_bind]))
-        elif not control.hosts:
-            control = Endpoint(control.port, expand_hosts(["localhost"]))
+    if control is not None and control_bind is not None:
+        control = Endpoint(control.port, expand_hosts([control_bind]))
     user = raw.get("user")
     if user is not None:
         try:
