@@ -60,6 +60,11 @@ def _octal(text: str) -> int:
         raise SettingsError(f"not an octal file mode: {text!r}") from None
 
 
+def _loopback_endpoint(text: str) -> Endpoint:
+    """``[ADDR:]PORT`` for a port that listens on loopback unless told."""
+    return parse_endpoint(text, default_hosts=expand_hosts(["localhost"]))
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -70,10 +75,10 @@ def _int(text: str) -> int:
 OPTIONS = (
     # hasses' own flags (PROTOCOL.md 1)
     Option(("-p",), "--port", "port", "[ADDR:]PORT", "SSE listening port (required); dual-stack unless an address is given",
-           lambda t: parse_endpoint(t, "-p")),
+           parse_endpoint),
     Option(("-murl",), "--match-url", "match_url", "PATH", "URL path SSE clients request (required)"),
     Option(("-cp",), "--control-port", "control", "[ADDR:]PORT", "TCP control port (loopback unless an address is given)",
-           lambda t: parse_endpoint(t, "-cp", default_hosts=expand_hosts(["localhost"]))),
+           _loopback_endpoint),
     Option(("-fifo",), "--fifo", "fifo", "PATH", "control FIFO, created if missing"),
     Option(("-sep", "-F"), "--separator", "separator", "C",
            "message delimiter on the control channels: its first character (default ;)", lambda t: t[:1]),
@@ -91,28 +96,28 @@ OPTIONS = (
     Option(("-nodaemon",), "--nodaemon", "nodaemon", None, "stay in the foreground, log to stdout"),
     # pyhasses settings
     Option((), "--bind", "bind", "ADDR", "address for the SSE port (default: every IPv4 and IPv6 address)",
-           lambda t: parse_host(t, "--bind")),
+           parse_host),
     Option((), "--control-bind", "control_bind", "ADDR",
            "address for the control port (default localhost: 127.0.0.1 and ::1; * for every address)",
-           lambda t: parse_host(t, "--control-bind")),
+           parse_host),
     Option((), "--fifo-mode", "fifo_mode", "OCTAL", "mode of a FIFO the daemon creates (default 0660)", _octal),
     Option((), "--handshake-timeout", "handshake_timeout", "SECONDS",
            "close a connection that has not completed its handshake (default 20)",
-           lambda t: parse_seconds(t, "--handshake-timeout")),
+           parse_seconds),
     Option((), "--stream-lifetime", "stream_lifetime", "SECONDS",
            "close an established stream this long after its handshake (default 3600)",
-           lambda t: parse_seconds(t, "--stream-lifetime")),
+           parse_seconds),
     Option((), "--max-head-bytes", "max_head_bytes", "SIZE", "largest request head (default 32K)",
-           lambda t: parse_size(t, "--max-head-bytes")),
+           parse_size),
     Option((), "--max-queue-bytes", "max_queue_bytes", "SIZE",
            "bytes queued for one client before it is closed as too slow (default 4M)",
-           lambda t: parse_size(t, "--max-queue-bytes")),
+           parse_size),
     Option((), "--max-message-bytes", "max_message_bytes", "SIZE", "largest message (default 1M)",
-           lambda t: parse_size(t, "--max-message-bytes")),
+           parse_size),
     Option((), "--max-token-length", "max_token_length", "N", "longest token, subscribed or addressed (default 128)", _int),
     Option((), "--idle-flush", "idle_flush", "SECONDS",
            "take an unterminated control part as complete after this idle time (default 0.5)",
-           lambda t: parse_seconds(t, "--idle-flush")),
+           parse_seconds),
 
     # -- TLS (issue 3) --
     Option((), "--key-passphrase-file", "key_passphrase_file", "PATH",
@@ -125,30 +130,30 @@ OPTIONS = (
     # -- delivery: history, heartbeats, caps (issue 5) --
     Option((), "--history-count", "history_count", "N",
            "events held for clients that resume with Last-Event-ID (default 10000; 0: none)",
-           lambda t: parse_count(t, "--history-count")),
+           parse_count),
     Option((), "--history-bytes", "history_bytes", "SIZE", "memory the held events may take (default 16M)",
-           lambda t: parse_size(t, "--history-bytes")),
+           parse_size),
     Option((), "--history-age", "history_age", "SECONDS", "hold events no longer than this (default 3600)",
-           lambda t: parse_seconds(t, "--history-age")),
+           parse_seconds),
     Option((), "--heartbeat", "heartbeat", "SECONDS",
            "send a comment on idle streams this often (default 15; 0: off)",
-           lambda t: parse_seconds_or_off(t, "--heartbeat")),
+           parse_seconds_or_off),
     Option((), "--retry", "retry", "MS",
            "base of the retry hint sent to each stream, with jitter up to as much again (default 3000; 0: none)",
-           lambda t: parse_count(t, "--retry")),
+           parse_count),
     Option((), "--max-clients", "max_clients", "N",
            "open SSE connections allowed; above it 503 with Retry-After (default 0: no cap)",
-           lambda t: parse_count(t, "--max-clients")),
+           parse_count),
     Option((), "--drain", "drain", "SECONDS",
            "on SIGTERM, close streams spread over this period (default 0: all at once)",
-           lambda t: parse_seconds_or_off(t, "--drain")),
+           parse_seconds_or_off),
     Option((), "--slow-client-policy", "slow_client_policy", "disconnect|drop",
            "a client whose write queue is full: close it (default), or drop its oldest queued events"
            " and send it a reset event",
-           lambda t: parse_policy(t, "--slow-client-policy")),
+           parse_policy),
     Option((), "--metrics-port", "metrics", "[ADDR:]PORT",
            "serve GET /metrics (Prometheus text) on this port (loopback unless an address is given)",
-           lambda t: parse_endpoint(t, "--metrics-port", default_hosts=expand_hosts(["localhost"]))),
+           _loopback_endpoint),
 
     # -- end of options --
 )
@@ -236,8 +241,7 @@ def parse_args(argv) -> dict:
         try:
             raw[opt.dest] = opt.convert(value)
         except SettingsError as exc:
-            msg = str(exc)
-            raise UsageError(msg if msg.startswith(name) else f"{name}: {msg}") from None
+            raise UsageError(f"{name}: {exc}") from None
     return raw
 
 

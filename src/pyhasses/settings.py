@@ -94,17 +94,17 @@ class Settings:
         return 2 * self.max_message_bytes + 64 * 1024
 
 
-def parse_port(text: str, what: str) -> int:
+def parse_port(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise SettingsError(f"{what}: not a port number: {text!r}") from None
+        raise SettingsError(f"not a port number: {text!r}") from None
     if not 0 < port < 65536:
-        raise SettingsError(f"{what}: port out of range 1-65535: {port}")
+        raise SettingsError(f"port out of range 1-65535: {port}")
     return port
 
 
-def parse_host(text: str, what: str) -> str:
+def parse_host(text: str) -> str:
     host = text.strip("[]")
     if host in ("*", ""):
         return ""
@@ -113,17 +113,17 @@ def parse_host(text: str, what: str) -> str:
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
-        raise SettingsError(f"{what}: not an IP address: {text!r}") from None
+        raise SettingsError(f"not an IP address: {text!r}") from None
 
 
-def parse_endpoint(text: str, what: str, default_hosts: tuple = ()) -> Endpoint:
+def parse_endpoint(text: str, default_hosts: tuple = ()) -> Endpoint:
     """``8080``, ``127.0.0.1:8080``, ``[::1]:8080`` or ``*:8080``."""
     if text.isdigit():
-        return Endpoint(parse_port(text, what), default_hosts)
+        return Endpoint(parse_port(text), default_hosts)
     host, sep, port = text.rpartition(":")
     if not sep or not host:
-        raise SettingsError(f"{what}: expected PORT or ADDRESS:PORT, got {text!r}")
-    return Endpoint(parse_port(port, what), expand_hosts([parse_host(host, what)]))
+        raise SettingsError(f"expected PORT or ADDRESS:PORT, got {text!r}")
+    return Endpoint(parse_port(port), expand_hosts([parse_host(host)]))
 
 
 def expand_hosts(hosts) -> tuple:
@@ -136,7 +136,7 @@ def expand_hosts(hosts) -> tuple:
     return tuple(dict.fromkeys(out))
 
 
-def parse_size(text: str, what: str) -> int:
+def parse_size(text: str) -> int:
     """Bytes, with an optional K, M or G suffix (powers of 1024)."""
     units = {"k": 1024, "m": MIB, "g": 1024 * MIB}
     t = text.strip().lower().removesuffix("b").removesuffix("i")
@@ -146,23 +146,23 @@ def parse_size(text: str, what: str) -> int:
     try:
         value = int(float(t) * scale)
     except ValueError:
-        raise SettingsError(f"{what}: not a size: {text!r}") from None
+        raise SettingsError(f"not a size: {text!r}") from None
     if value <= 0:
-        raise SettingsError(f"{what}: must be positive: {text!r}")
+        raise SettingsError(f"must be positive: {text!r}")
     return value
 
 
-def parse_seconds(text: str, what: str, zero_is_off: bool = False) -> float:
+def parse_seconds(text: str, zero_is_off: bool = False) -> float:
     """A finite number of seconds; positive, or 0 too where 0 turns a
     feature off."""
     try:
         value = float(text)
     except ValueError:
-        raise SettingsError(f"{what}: not a number of seconds: {text!r}") from None
+        raise SettingsError(f"not a number of seconds: {text!r}") from None
     if value != value or value == float("inf"):
-        raise SettingsError(f"{what}: not a number of seconds: {text!r}")
+        raise SettingsError(f"not a number of seconds: {text!r}")
     if value < 0 or (value == 0 and not zero_is_off):
-        raise SettingsError(f"{what}: must be {'0 or ' if zero_is_off else ''}a positive number: {text!r}")
+        raise SettingsError(f"must be {'0 or ' if zero_is_off else ''}a positive number: {text!r}")
     return value
 
 
@@ -195,28 +195,28 @@ def validate(s: Settings) -> Settings:
     return s
 
 
-def parse_count(text: str, what: str) -> int:
+def parse_count(text: str) -> int:
     """A whole number, 0 or more."""
     try:
         value = int(text)
     except ValueError:
-        raise SettingsError(f"{what}: not a whole number: {text!r}") from None
+        raise SettingsError(f"not a whole number: {text!r}") from None
     if value < 0:
-        raise SettingsError(f"{what}: must be 0 or more: {text!r}")
+        raise SettingsError(f"must be 0 or more: {text!r}")
     return value
 
 
-def parse_seconds_or_off(text: str, what: str) -> float:
+def parse_seconds_or_off(text: str) -> float:
     """Seconds, where 0 turns the feature off."""
-    return parse_seconds(text, what, zero_is_off=True)
+    return parse_seconds(text, zero_is_off=True)
 
 
 SLOW_CLIENT_POLICIES = ("disconnect", "drop")
 
 
-def parse_policy(text: str, what: str) -> str:
+def parse_policy(text: str) -> str:
     if text not in SLOW_CLIENT_POLICIES:
-        raise SettingsError(f"{what}: must be one of {', '.join(SLOW_CLIENT_POLICIES)}: {text!r}")
+        raise SettingsError(f"must be one of {', '.join(SLOW_CLIENT_POLICIES)}: {text!r}")
     return text
 
 
