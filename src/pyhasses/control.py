@@ -234,8 +234,8 @@ class ControlHandler:
     commands and acknowledgements have nobody to answer and are logged."""
 
     def __init__(self, hub, ids: sse.EventIds, log, settings, runtime, status: Callable[[], dict],
-                 client_list: Callable[[], list], history=None, client_table: Callable[[], list] = None,
-                 metrics_text: Callable[[], str] = None):
+                 client_list: Callable[[], list], history, client_table: Callable[[], list],
+                 metrics_text: Callable[[], str]):
         self.hub = hub
         self.ids = ids
         self.log = log
@@ -265,8 +265,7 @@ class ControlHandler:
         event_id = self.ids.next()
         data = sse.encode_event(event_id, msg.data, msg.event, msg.retry)
         delivered = self.hub.publish(msg.targets, data)
-        if self.history is not None:
-            self.history.record(event_id, msg.targets, data)
+        self.history.record(event_id, msg.targets, data)
         if self.log.debugging:
             to = ",".join(t.text() for t in msg.targets)
             self.log.debug(f"{channel}: message {event_id} to {to!r}: {delivered} recipient(s)")
@@ -306,9 +305,9 @@ class ControlHandler:
                 "version", "runningtime", "mode", "loglevel",
                 "allconncli", "sseconncli", "maxconncli", "msgproccnt", "msgsendcnt")}
             reply.update(info.get("extra", {}))
-        elif cmd.name == "tcpclientlist" and self.client_table is not None:
+        elif cmd.name == "tcpclientlist":
             reply = {"clients": self.client_table()}
-        elif cmd.name == "tcpmetrics" and self.metrics_text is not None:
+        elif cmd.name == "tcpmetrics":
             reply = None  # plain text, not JSON
         elif cmd.name == "tcpnumberofclients":
             reply = {"numberofclients": len(self.hub.clients)}

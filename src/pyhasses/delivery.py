@@ -116,18 +116,13 @@ class Heartbeat:
         self.reactor = reactor
         self.hub = hub
         self.interval = interval
-        self._timer = None
 
     def start(self) -> None:
         if self.interval > 0:
-            self._timer = self.reactor.call_later(self.interval, self._sweep)
-
-    def stop(self) -> None:
-        self.reactor.cancel(self._timer)
-        self._timer = None
+            self.reactor.call_later(self.interval, self._sweep)
 
     def _sweep(self) -> None:
-        self._timer = self.reactor.call_later(self.interval, self._sweep)
+        self.reactor.call_later(self.interval, self._sweep)
         for client in list(self.hub.streams):
             if client.messages != client.heartbeat_mark:
                 client.heartbeat_mark = client.messages

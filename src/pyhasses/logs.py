@@ -16,7 +16,6 @@ import sys
 import time
 
 QUIET, NORMAL, DEBUG = 0, 1, 2
-LEVEL_NAMES = {QUIET: "quiet", NORMAL: "normal", DEBUG: "debug"}
 _TO_LOGGING = {QUIET: logging.WARNING, NORMAL: logging.INFO, DEBUG: logging.DEBUG}
 
 

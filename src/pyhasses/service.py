@@ -22,7 +22,8 @@ import time
 from typing import List, Optional
 
 from . import __version__, delivery, http, metrics, tls
-from .connections import ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient
+from .connections import (ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient,
+                          describe_peer)
 from .control import ControlHandler
 from .flushqueue import FlushQueue
 from .history import History
@@ -73,7 +74,6 @@ class Daemon:
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
                                       self.status_info, self.client_list_lines, history=self.history,
                                       client_table=self.client_table, metrics_text=self.metrics_text)
-        self.exit_status = EXIT_OK
 
     # -- reports ------------------------------------------------------------
     def status_info(self) -> dict:
@@ -290,8 +290,7 @@ class Daemon:
 
 
 def sock_name(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return describe_peer(sock.getsockname())
 
 
 # -- opening what needs privileges ----------------------------------------------
@@ -378,10 +377,8 @@ class PidFile:
         try:
             with open(self.path) as f:
                 pid = int(f.read().strip() or "0")
-        except FileNotFoundError:
-            return
         except (OSError, ValueError):
-            return  # unreadable or garbage: stale
+            return  # missing, unreadable or garbage: stale
         if pid > 0 and pid != os.getpid() and _alive(pid):
             raise StartError(f"pid file {self.path} names a running process ({pid}); is pyhasses already running?")
 
@@ -413,9 +410,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # or PermissionError: alive, someone else's
 
 
 # -- the whole start ---------------------------------------------------------------
@@ -483,7 +478,7 @@ def run(settings: Settings) -> int:
         log.close()
         if daemon_context is not None:
             daemon_context.close()
-    return daemon.exit_status
+    return EXIT_OK
 
 
 def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
