@@ -708,8 +708,7 @@ class TlsSseClient(SseClient):
             self.schedule_flush()
 
     def on_eof(self) -> None:
-        if self.pump.state == tls.HANDSHAKE:
-            self.pump.end_of_input()
+        if self.pump.end_of_input():  # the pump says whether this end is a failure
             self.close("closed by peer during the TLS handshake")
         else:
             super().on_eof()

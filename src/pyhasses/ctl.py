@@ -133,8 +133,7 @@ def cmd_send(control: Control, args) -> int:
 
 def cmd_status(control: Control, args) -> int:
     if control.fifo:
-        control.tell("status")
-        return _note(LOG_ONLY)
+        return _to_log(control, "status")
     for key, value in control.status().items():
         print(f"{key}: {value}")
     return EXIT_OK
@@ -143,16 +142,14 @@ def cmd_status(control: Control, args) -> int:
 def cmd_count(control: Control, args) -> int:
     token: Optional[str] = args.token
     if control.fifo:
-        control.tell("numberofclients" if token is None else f"subscribedclients:{token}")
-        return _note(LOG_ONLY)
+        return _to_log(control, "numberofclients" if token is None else f"subscribedclients:{token}")
     print(control.count(token))
     return EXIT_OK
 
 
 def cmd_clients(control: Control, args) -> int:
     if control.fifo:
-        control.tell("clientlist")
-        return _note(LOG_ONLY)
+        return _to_log(control, "clientlist")
     listing = control.clients()
     if listing is None:
         # A daemon without tcpclientlist (hasses, older pyhasses) only logs it.
@@ -186,6 +183,12 @@ def _cell(value) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "-"
     return str(value).replace("\n", " ")
+
+
+def _to_log(control: Control, command: str) -> int:
+    """Over the FIFO a question cannot be answered: the daemon logs it."""
+    control.tell(command)
+    return _note(LOG_ONLY)
 
 
 def _note(text: str) -> int:

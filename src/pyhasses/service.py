@@ -183,8 +183,7 @@ class Daemon:
 
     def resume(self, client, last_id: str) -> None:
         """A stream that came back with Last-Event-ID gets what it missed."""
-        now_id = int(time.time() * 1_000_000)
-        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, now_id)
+        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, self.ids.now())
         if self.log.debugging:
             self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}, "
                            f"{len(result.events)} held event(s) looked at")

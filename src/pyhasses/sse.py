@@ -29,8 +29,12 @@ class EventIds:
         self._clock = clock
         self._last = 0
 
+    def now(self) -> int:
+        """The id the clock gives now (not handed out)."""
+        return int(self._clock() * 1_000_000)
+
     def next(self) -> int:
-        now = int(self._clock() * 1_000_000)
+        now = self.now()
         self._last = now if now > self._last else self._last + 1
         return self._last
 
