@@ -131,18 +131,9 @@ class Daemon:
         client.read_handshake()
         return client
 
-    def control(self, text: str, timeout=5.0, expect_reply=False) -> bytes:
+    def control(self, text: str, timeout=5.0) -> bytes:
         """Send on a new control connection, half-close, read until closed."""
-        with socket.create_connection(("127.0.0.1", self.cport), timeout=timeout) as s:
-            s.sendall(text.encode() if isinstance(text, str) else text)
-            s.shutdown(socket.SHUT_WR)
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data
+        return control_exchange(self.cport, text, timeout)
 
     def control_json(self, command: str) -> dict:
         reply = self.control(command + "\n")
@@ -246,14 +237,15 @@ class SseClient:
             return
         raise AssertionError(f"unexpected bytes: {self.buf + data!r}")
 
+    #: What counts as the end of the stream for read_until_closed.
+    ENDS = (EOFError, ConnectionResetError)
+
     def read_until_closed(self, timeout=5.0) -> bytes:
         deadline = time.monotonic() + timeout
         try:
             while True:
                 self._fill(deadline)
-        except EOFError:
-            return self.buf
-        except ConnectionResetError:
+        except self.ENDS:
             return self.buf
 
     def close(self):
@@ -279,6 +271,23 @@ def parse_event(payload: bytes) -> dict:
     return fields
 
 
+def read_to_close(sock, timeout=5.0) -> bytes:
+    """Everything the server sends until it closes (or resets), within
+    ``timeout``."""
+    sock.settimeout(timeout)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def raw_exchange(host, port, data: bytes, timeout=5.0) -> bytes:
     """Send ``data``, read until the server closes."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -286,14 +295,12 @@ def raw_exchange(host, port, data: bytes, timeout=5.0) -> bytes:
         s.settimeout(timeout)
         s.connect((host, port))
         s.sendall(data)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
+        return read_to_close(s, timeout)
+
+
+def control_exchange(cport, text, timeout=5.0) -> bytes:
+    """One control connection: send, half-close, read the replies to the end."""
+    with socket.create_connection(("127.0.0.1", cport), timeout=timeout) as s:
+        s.sendall(text.encode() if isinstance(text, str) else text)
+        s.shutdown(socket.SHUT_WR)
+        return read_to_close(s, timeout)

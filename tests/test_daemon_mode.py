@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import free_port, pyhasses_env, wait_until
+from support import control_exchange, free_port, pyhasses_env, wait_until
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d pyhasses: ")
 
@@ -64,13 +64,7 @@ class DaemonRun:
         return wait_until(lambda: re.search(pattern, self.log()), timeout, what=f"log line {pattern!r}")
 
     def control(self, text: str) -> bytes:
-        with socket.create_connection(("127.0.0.1", self.cport), timeout=5) as s:
-            s.sendall(text.encode())
-            s.shutdown(socket.SHUT_WR)
-            out = b""
-            while chunk := s.recv(4096):
-                out += chunk
-            return out
+        return control_exchange(self.cport, text)
 
     def stop(self, timeout=10.0) -> None:
         if self.pid is None or process_gone(self.pid):

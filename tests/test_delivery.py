@@ -329,15 +329,21 @@ def _flood(d):
     d.control("t=stop\n")
 
 
-def test_stalled_client_is_disconnected_and_others_keep_receiving(daemon_factory):
-    d = daemon_factory("--max-queue-bytes", "128K", "--heartbeat", "0")
+def _flood_past_a_stalled_reader(d):
+    """A stalled stream and a reading one, then the flood: the reader gets
+    every event whatever happens to the stalled one."""
     stalled = _stalled(d)
     good = Reader(d.sse("t"))
     good.start()
     _flood(d)
     good.join(30)
     assert good.error is None and len(good.events) == N_SLOW + 1
-    status = d.control_json("tcpstatus")
+    return stalled, d.control_json("tcpstatus")
+
+
+def test_stalled_client_is_disconnected_and_others_keep_receiving(daemon_factory):
+    d = daemon_factory("--max-queue-bytes", "128K", "--heartbeat", "0")
+    stalled, status = _flood_past_a_stalled_reader(d)
     assert status["droppedclients"] == 1
     assert status["sseconncli"] == 1
     stalled.close()
@@ -345,13 +351,7 @@ def test_stalled_client_is_disconnected_and_others_keep_receiving(daemon_factory
 
 def test_stalled_client_under_drop_policy_gets_a_reset_and_the_newest(daemon_factory):
     d = daemon_factory("--max-queue-bytes", "128K", "--heartbeat", "0", "--slow-client-policy", "drop")
-    stalled = _stalled(d)
-    good = Reader(d.sse("t"))
-    good.start()
-    _flood(d)
-    good.join(30)
-    assert good.error is None and len(good.events) == N_SLOW + 1
-    status = d.control_json("tcpstatus")
+    stalled, status = _flood_past_a_stalled_reader(d)
     assert status["droppedclients"] == 0 and status["sseconncli"] == 2
     assert status["droppedevents"] > 0
     queued = status["queuedbytes"]

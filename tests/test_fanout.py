@@ -10,7 +10,7 @@ import time
 from pyhasses import flushqueue
 from pyhasses.flushqueue import FlushQueue
 from pyhasses.hub import Hub, parse_target
-from support import parse_event, wait_until
+from support import parse_event
 
 
 class Client:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from support import wait_until
+from support import read_to_close
 from tls_support import TlsSseClient, client_hello, open_stream, ssl_args, write_pair
 
 
@@ -40,21 +40,6 @@ def expect_closed_with_one_line(daemon, sock, pattern: str, timeout=5.0):
     about = lines_about(daemon, peer)
     assert len(about) == 2, about
     assert "Connect from" in about[0] and "Closed connection" in about[1], about
-
-
-def read_to_end(sock, timeout=5.0) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def drain(sock, quiet=0.3):
@@ -88,7 +73,7 @@ def test_plain_http_on_the_tls_port(https):
     daemon, watcher = https()
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
         s.sendall(b"GET /sse?subscribe=room1 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
-        read_to_end(s)
+        read_to_close(s)
         expect_closed_with_one_line(daemon, s, "TLS handshake failed: http request")
     still_receives(daemon, watcher, "after plain http")
 
@@ -98,7 +83,7 @@ def test_random_bytes_on_the_tls_port(https):
     junk = random.Random(7).randbytes(2000)
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
         s.sendall(junk)
-        read_to_end(s)
+        read_to_close(s)
         expect_closed_with_one_line(daemon, s, "TLS handshake failed: ")
     still_receives(daemon, watcher, "after junk")
 
@@ -109,7 +94,7 @@ def test_truncated_handshake_then_close(https):
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
         s.sendall(hello[: len(hello) // 2])
         s.shutdown(socket.SHUT_WR)
-        read_to_end(s)
+        read_to_close(s)
         expect_closed_with_one_line(daemon, s, "closed by peer during the TLS handshake")
     still_receives(daemon, watcher, "after truncated")
 
@@ -123,7 +108,7 @@ def test_stalled_handshake_is_closed_by_the_handshake_timeout(https, first_bytes
             s.sendall(hello[: len(hello) // 2])
         started = time.monotonic()
         still_receives(daemon, watcher, "while one stalls")
-        assert read_to_end(s) == b""
+        assert read_to_close(s) == b""
         assert 1.0 < time.monotonic() - started < 4.5
         expect_closed_with_one_line(daemon, s, r"TLS handshake not completed within 1\.5 s")
     still_receives(daemon, watcher, "after the stall")
@@ -235,7 +220,7 @@ def test_tampered_record_after_the_handshake(https, pair):
         record = bytearray(outgoing.read())
         record[-3] ^= 0xFF  # breaks the record's authentication tag
         s.sendall(bytes(record))
-        read_to_end(s)
+        read_to_close(s)
         expect_closed_with_one_line(daemon, s, "TLS error: ")
     still_receives(daemon, watcher, "after a tampered record")
 
@@ -244,7 +229,7 @@ def test_refusal_above_max_clients_sends_no_plaintext_on_the_tls_port(https, pai
     daemon, watcher = https("--max-clients", "1")
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as s:
         s.sendall(client_hello())
-        assert read_to_end(s) == b""  # a plaintext 503 here would be garbage to a TLS client
+        assert read_to_close(s) == b""  # a plaintext 503 here would be garbage to a TLS client
         daemon.wait_log(rf"Refused {re.escape(local_peer(s))}: 1 clients already connected \(--max-clients\); "
                         r"closed before the TLS handshake")
     still_receives(daemon, watcher, "after a refusal")

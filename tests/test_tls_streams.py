@@ -1,12 +1,10 @@
 """HTTPS streams on the real daemon: verifying clients, curl, every fixed
 answer over TLS with close_notify, status output and the client list."""
 
-import json
 import re
 import shutil
 import ssl
 import subprocess
-import time
 
 import pytest
 
