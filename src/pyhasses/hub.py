@@ -79,6 +79,11 @@ class Subscriber:
         raise NotImplementedError
 
 
+def subscriptions(client) -> list:
+    """What ``client`` subscribed to, as it asked: ``*`` first if at all."""
+    return (["*"] if client.everything else []) + list(client.tokens)
+
+
 @dataclasses.dataclass
 class Counters:
     """hasses' statistics, under the names tcpstatus uses (PROTOCOL.md 6)."""

@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from .hub import subscriptions
+
 QUIET, NORMAL, DEBUG = 0, 1, 2
 _TO_LOGGING = {QUIET: logging.WARNING, NORMAL: logging.INFO, DEBUG: logging.DEBUG}
 
@@ -179,9 +181,10 @@ def client_list_block(clients, now: float = None) -> list:
     now = time.time() if now is None else now
     lines = ["------- requested client list -------", "List of clients:"]
     for n, c in enumerate(clients, 1):
+        tls = c.tls_info()
         lines.append(
             f"#{n} - <{c.fd}> info: {c.peer} S:{c.state_name} Err: 0 Messages: {c.messages} "
-            f"Reinit: {c.reinit_count} SSL:{'Yes' if c.tls_info() else 'No'}"
+            f"Reinit: {c.reinit_count} SSL:{'Yes' if tls else 'No'}"
         )
         handshaked = duration(now - c.handshaked_at) if c.handshaked_at else "-"
         lines.append(
@@ -189,10 +192,8 @@ def client_list_block(clients, now: float = None) -> list:
         )
         if c.agent:
             lines.append(f"  Agent: {c.agent}")
-        tls = c.tls_info()
         if tls:
             lines.append(f"  {tls}")
-        subs = (["*"] if c.everything else []) + list(c.tokens)
-        lines.append(f"  Subscribes: {','.join(subs)}")
+        lines.append(f"  Subscribes: {','.join(subscriptions(c))}")
     lines.append("---------------- end ----------------")
     return lines

@@ -27,7 +27,7 @@ from .connections import (ControlClient, FifoReader, Listener, MetricsClient, Re
 from .control import ControlHandler
 from .flushqueue import FlushQueue
 from .history import History
-from .hub import Hub
+from .hub import Hub, subscriptions
 from .logs import Log, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .settings import Endpoint, Settings
@@ -121,12 +121,12 @@ class Daemon:
     def client_table(self) -> list:
         """tcpclientlist: one row per open SSE connection, oldest first."""
         rows = []
-        for c in sorted(self.hub.clients, key=lambda c: c.connected_at):
+        for c in self._clients_oldest_first():
             rows.append({
                 "fd": c.fd,
                 "peer": c.peer,
                 "id": c.uniq_id,
-                "subscriptions": (["*"] if c.everything else []) + list(c.tokens),
+                "subscriptions": subscriptions(c),
                 "agent": c.agent,
                 "state": c.state_name,
                 "connected": round(c.connected_at, 3),
@@ -152,8 +152,10 @@ class Daemon:
         info.setdefault("extra", {}).update({"certsubject": cert.subject, "certexpires": cert.expiry_text()})
 
     def client_list_lines(self) -> list:
-        clients = sorted(self.hub.clients, key=lambda c: c.connected_at)
-        return client_list_block(clients)
+        return client_list_block(self._clients_oldest_first())
+
+    def _clients_oldest_first(self) -> list:
+        return sorted(self.hub.clients, key=lambda c: c.connected_at)
 
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks) -> None:
