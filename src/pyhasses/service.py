@@ -64,7 +64,8 @@ class Daemon:
         self.cors = settings.cors_base.encode("latin-1", "replace")
         self.started = time.time()
         self.control_clients: set = set()
-        self.listeners: List[Listener] = []
+        self.listeners: List[Listener] = []      # every port's
+        self.sse_listeners: List[Listener] = []  # the SSE port's (a drain closes them first)
         self.fifo: Optional[FifoReader] = None
         self.reactor: Optional[Reactor] = None
         self.flusher: Optional[FlushQueue] = None
@@ -158,12 +159,15 @@ class Daemon:
         return sorted(self.hub.clients, key=lambda c: c.connected_at)
 
     # -- start-up -----------------------------------------------------------
-    def open_ports(self, sse_socks, control_socks) -> None:
-        for sock in sse_socks:
-            self.listeners.append(Listener(self, sock, self._new_sse_client, f"SSE port {sock_name(sock)}"))
-        for sock in control_socks:
-            self.listeners.append(Listener(self, sock, self._new_control_client, f"control port {sock_name(sock)}",
-                                           priority_input=True))
+    def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
+        """Listen: the SSE, control and metrics ports' sockets, bound before."""
+        self.sse_listeners = [Listener(self, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
+        self.listeners = self.sse_listeners + [
+            Listener(self, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
+            for s in control_socks
+        ] + [Listener(self, s, self._new_metrics_client, f"metrics port {sock_name(s)}") for s in metrics_socks]
+        for listener in self.listeners:
+            self.reactor.register(listener.fd, listener)
 
     def _new_sse_client(self, sock, peer):
         cap = self.settings.max_clients
@@ -202,15 +206,9 @@ class Daemon:
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        self.open_ports(sse_socks, control_socks)
-        for listener in self.listeners:
-            self.reactor.register(listener.fd, listener)
+        self.open_ports(sse_socks, control_socks, metrics_socks)
         if fifo_fd is not None:
             self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
-        for sock in metrics_socks:
-            listener = Listener(self, sock, self._new_metrics_client, f"metrics port {sock_name(sock)}")
-            self.listeners.append(listener)
-            self.reactor.register(listener.fd, listener)
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
@@ -250,9 +248,10 @@ class Daemon:
         self.log.out(f"Draining {len(self.hub.streams)} stream(s) over {self.settings.drain:g} s")
         # No new streams (a restarted daemon can bind the port at once);
         # publishers may still reach the streams that remain.
-        for listener in [x for x in self.listeners if x.make == self._new_sse_client]:
+        for listener in self.sse_listeners:
             listener.close()
             self.listeners.remove(listener)
+        self.sse_listeners = []
         self.draining = delivery.Drain(self.reactor, self.hub.clients, self.settings.drain, self.reactor.stop)
         self.draining.start()
 
