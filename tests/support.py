@@ -45,6 +45,13 @@ def pyhasses_env() -> dict:
     return env
 
 
+def run_module(module: str, *args, timeout=20, **kw) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` from this tree, as a separate process, its
+    output captured as text."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=pyhasses_env(), timeout=timeout, **kw)
+
+
 class Daemon:
     """``pyhasses -nodaemon`` on free ports; ``stop()`` ends it by its pid."""
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 NCHAN = shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_nchan_module.so").exists()
 
 

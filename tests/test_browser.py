@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, pyhasses_env, wait_until
+from support import ROOT, pyhasses_env, run_module, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install '.[test]')")
 
@@ -195,8 +195,7 @@ def wait_open(page, opens: int = 1):
 
 
 def ctl(daemon, *args) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "pyhasses.ctl", "--port", str(daemon.cport), *args],
-                       capture_output=True, text=True, env=pyhasses_env(), timeout=20)
+    r = run_module("pyhasses.ctl", "--port", str(daemon.cport), *args)
     assert r.returncode == 0, r.stderr
     return r
 
@@ -208,8 +207,7 @@ def stream_url(daemon, scheme="http", subscribe="room1") -> str:
 def daemon_has(option: str) -> bool:
     """Whether this build of the daemon knows ``option`` (features that other
     work adds: resume, TLS helpers)."""
-    r = subprocess.run([sys.executable, "-m", "pyhasses", "-h"], capture_output=True, text=True,
-                       env=pyhasses_env(), timeout=20)
+    r = run_module("pyhasses", "-h")
     return option in r.stdout
 
 

@@ -1,18 +1,14 @@
 """The command line (PROTOCOL.md 1; issue 2 point 8)."""
 
-import subprocess
-import sys
-
 import pytest
 
 from pyhasses import __version__
 from pyhasses.cli import OPTIONS, UsageError, build_settings, parse_args
-from support import pyhasses_env
+from support import run_module
 
 
 def run(*args, timeout=10):
-    return subprocess.run([sys.executable, "-m", "pyhasses", *args], capture_output=True, text=True,
-                          env=pyhasses_env(), timeout=timeout)
+    return run_module("pyhasses", *args, timeout=timeout)
 
 
 def test_version():

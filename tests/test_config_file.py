@@ -4,14 +4,12 @@ named by file and line."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from pyhasses.cli import build_settings, parse_args, with_config_file
 from pyhasses.settings import Endpoint
-from support import Daemon, free_port, pyhasses_env
+from support import ROOT, Daemon, free_port, run_module
 
 #: hasses 1.30's example hasses.conf, as shipped (comments included).
 HASSES_CONF = """\
@@ -43,8 +41,7 @@ def settings_for(*argv):
 
 
 def run_cli(*argv, timeout=20):
-    return subprocess.run([sys.executable, "-m", "pyhasses", *argv], capture_output=True, text=True,
-                          env=pyhasses_env(), timeout=timeout)
+    return run_module("pyhasses", *argv, timeout=timeout)
 
 
 def test_hasses_example_config_reads_unchanged(tmp_path):
@@ -147,9 +144,7 @@ def test_daemon_serves_from_a_config_file(tmp_path):
 
 def test_the_packaged_config_is_a_working_config():
     """conf/pyhasses.conf, installed as /etc/pyhasses/pyhasses.conf."""
-    from pathlib import Path
-
-    conf = Path(__file__).resolve().parent.parent / "conf" / "pyhasses.conf"
+    conf = ROOT / "conf" / "pyhasses.conf"
     if not conf.exists():
         pytest.skip(f"{conf} is not part of this tree")
     s = settings_for(f"-config={conf}", "-nodaemon")

@@ -12,13 +12,12 @@ import sys
 import pytest
 
 from pyhasses import publish as pub
-from support import free_port, pyhasses_env
+from support import free_port, pyhasses_env, run_module
 
 
 def ctl(*args, stdin=None, timeout=20):
     """Run ``pyhasses-ctl`` as a publisher would: a separate process."""
-    return subprocess.run([sys.executable, "-m", "pyhasses.ctl", *args], input=stdin, capture_output=True,
-                          text=True, env=pyhasses_env(), timeout=timeout)
+    return run_module("pyhasses.ctl", *args, input=stdin, timeout=timeout)
 
 
 def tcp(daemon):

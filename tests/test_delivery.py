@@ -496,14 +496,10 @@ def test_tcpstatus_gains_keys_and_history_stays_bounded(daemon_factory):
 
 
 def test_bad_option_values_are_refused(daemon_factory):
-    import subprocess
-    import sys
-
-    from support import pyhasses_env
+    from support import run_module
 
     for args in (["--slow-client-policy", "never"], ["--heartbeat", "-1"], ["--max-clients", "x"],
                  ["--history-bytes", "0"]):
-        proc = subprocess.run([sys.executable, "-m", "pyhasses", "-nodaemon", "-p=1", "-murl=/s", "-cp=2", *args],
-                              capture_output=True, text=True, env=pyhasses_env(), timeout=20)
+        proc = run_module("pyhasses", "-nodaemon", "-p=1", "-murl=/s", "-cp=2", *args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert args[0] in proc.stderr

@@ -7,14 +7,14 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from pyhasses import __version__
 from pyhasses.cli import COMMANDS_HELP, OPTIONS
+from support import ROOT
 
-MAN_PAGE = Path(__file__).resolve().parent.parent / "man" / "pyhasses.8"
+MAN_PAGE = ROOT / "man" / "pyhasses.8"
 
 
 def roff(name: str) -> str:
