@@ -45,6 +45,35 @@ def pyhasses_env() -> dict:
     return env
 
 
+class HubClient:
+    """A stand-in stream for the hub's own tests: the attributes the hub
+    reads and writes (hub.Subscriber), and what it was handed."""
+
+    def __init__(self, name=""):
+        self.name = name
+        self.tokens = ()
+        self.everything = False
+        self.uniq_id = ""
+        self.established = False
+        self.messages = 0
+        self.got = []
+
+    def deliver(self, data):
+        self.got.append(data)
+        self.messages += 1
+
+    def __repr__(self):
+        return self.name
+
+
+def subscribed(hub, name, tokens, uniq="") -> HubClient:
+    """A HubClient connected to ``hub`` and subscribed to ``tokens``."""
+    c = HubClient(name)
+    hub.connected(c)
+    hub.subscribe(c, tokens, uniq)
+    return c
+
+
 def run_module(module: str, *args, timeout=20, **kw) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` from this tree, as a separate process, its
     output captured as text."""

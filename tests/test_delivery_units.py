@@ -9,19 +9,7 @@ import socket
 from pyhasses import delivery, metrics
 from pyhasses.hub import Hub, parse_target
 from pyhasses.outbox import Outbox
-from support import parse_event
-
-
-class Client:
-    def __init__(self):
-        self.tokens = ()
-        self.everything = False
-        self.uniq_id = ""
-        self.established = False
-        self.messages = 0
-
-    def deliver(self, data):
-        self.messages += 1
+from support import HubClient, parse_event
 
 
 def test_reaches_agrees_with_recipients_for_every_address():
@@ -30,11 +18,11 @@ def test_reaches_agrees_with_recipients_for_every_address():
     words = ["a", "ab", "abc", "b", "ba", "room1", "room12"]
     clients = []
     for i in range(60):
-        c = Client()
+        c = HubClient()
         subs = rng.sample(words + ["*"], rng.randint(1, 3))
         hub.subscribe(c, subs, rng.choice(["", "u1", "u2", f"x{i}"]))
         clients.append(c)
-    idle = Client()  # connected, never subscribed
+    idle = HubClient()  # connected, never subscribed
     hub.connected(idle)
     addresses = ["*", "a", "ab*", "a*", "b*", "room1", "room1*", "zzz", "*-u1", "ab*-u2", "room1-u1", "abc"]
     for text in addresses:

@@ -10,29 +10,7 @@ import time
 from pyhasses import flushqueue
 from pyhasses.flushqueue import FlushQueue
 from pyhasses.hub import Hub, parse_target
-from support import parse_event
-
-
-class Client:
-    def __init__(self, name, tokens):
-        self.name = name
-        self.tokens = ()
-        self.everything = False
-        self.uniq_id = ""
-        self.established = False
-        self.messages = 0
-        self.got = []
-
-    def deliver(self, data):
-        self.got.append(data)
-        self.messages += 1
-
-
-def subscribed(hub, name, tokens):
-    c = Client(name, tokens)
-    hub.connected(c)
-    hub.subscribe(c, tokens, "")
-    return c
+from support import parse_event, subscribed
 
 
 def test_held_events_are_joined_per_run_of_targets_in_publishing_order():

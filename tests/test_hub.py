@@ -3,29 +3,7 @@
 import pytest
 
 from pyhasses.hub import Hub, RoutingError, Target, parse_target
-
-
-class Client:
-    def __init__(self, name):
-        self.name = name
-        self.tokens = ()
-        self.everything = False
-        self.uniq_id = ""
-        self.established = False
-        self.got = []
-
-    def deliver(self, data):
-        self.got.append(data)
-
-    def __repr__(self):
-        return self.name
-
-
-def make(hub, name, tokens, uniq=""):
-    c = Client(name)
-    hub.connected(c)
-    hub.subscribe(c, tokens, uniq)
-    return c
+from support import HubClient, subscribed
 
 
 def names(found):
@@ -35,10 +13,10 @@ def names(found):
 @pytest.fixture
 def hub():
     h = Hub()
-    make(h, "a", ["room1", "room2"], "u1")
-    make(h, "b", ["room1"], "u2")
-    make(h, "c", ["room10", "other"])
-    make(h, "star", ["*"])
+    subscribed(h, "a", ["room1", "room2"], "u1")
+    subscribed(h, "b", ["room1"], "u2")
+    subscribed(h, "c", ["room10", "other"])
+    subscribed(h, "star", ["*"])
     return h
 
 
@@ -86,7 +64,7 @@ def test_target_text_round_trip():
 
 def test_unestablished_clients_get_nothing():
     h = Hub()
-    c = Client("new")
+    c = HubClient("new")
     h.connected(c)
     assert h.publish([Target("*")], b"x") == 0
     assert c.got == []
@@ -125,11 +103,11 @@ def test_exact_cost_independent_of_other_clients():
     """The index: an exact token touches its own subscribers only."""
     h = Hub()
     for i in range(5000):
-        make(h, f"c{i}", [f"t{i}"])
+        subscribed(h, f"c{i}", [f"t{i}"])
     found = h.recipients(parse_target("t42", 128))
     # the token's own members, straight from the index: no scan
     assert [c.name for c in found] == ["c42"]
-    make(h, "second", ["t42"])
+    subscribed(h, "second", ["t42"])
     found = h.recipients(parse_target("t42", 128))
     assert found is h._by_token["t42"] and len(found) == 2
 
@@ -155,7 +133,7 @@ def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
                 h.unsubscribe(c)  # still connected, no longer a stream
         else:
             tokens = rng.sample(words + ["*"], rng.randint(1, 3))
-            c = clients.get(name) or Client(name)
+            c = clients.get(name) or HubClient(name)
             if name not in clients:
                 h.connected(c)
             clients[name] = c
