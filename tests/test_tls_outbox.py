@@ -1,35 +1,25 @@
-"""The outbox operations TLS uses to swap queued plaintext for ciphertext,
-over a real socketpair whose small buffer leaves part of a chunk unsent."""
-
-import socket
+"""The outbox operation TLS uses to seal its queued plaintext a slice at a
+time: whole objects from the front, in order, the rest left queued."""
 
 from pyhasses.outbox import Outbox
 
 
-def test_take_tail_keeps_the_unsent_head_and_its_order():
-    a, b = socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    a.setblocking(False)
-    try:
-        box = Outbox(1 << 20)
-        sealed = b"C" * 200_000
-        box.append(sealed)
-        assert box.flush(a) is False  # partly sent: the rest waits
-        left = len(box)
-        assert 0 < left < len(sealed)
-        box.append(b"plain-1")
-        box.append(b"plain-2")
-        assert box.unsent_chunks() == 3
-        assert box.take_tail(1) == [b"plain-1", b"plain-2"]
-        assert len(box) == left and box.unsent_chunks() == 1
-        box.append(b"sealed-2")
-        received = b""
-        b.settimeout(5)
-        while len(received) < len(sealed) + 8:
-            received += b.recv(1 << 20)
-            box.flush(a)
-        assert received == sealed + b"sealed-2"
-        assert len(box) == 0 and box.unsent_chunks() == 0 and box.take_tail(0) == []
-    finally:
-        a.close()
-        b.close()
+def test_take_head_takes_whole_objects_until_enough_bytes():
+    box = Outbox(1 << 20)
+    for part in (b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10):
+        box.append(part)
+    assert box.take_head(15) == [b"a" * 10, b"b" * 10]  # never a cut object
+    assert len(box) == 20
+    assert box.take_head(1) == [b"c" * 10]  # at least one
+    box.append(b"e")
+    assert box.take_head() == [b"d" * 10, b"e"]  # None: everything
+    assert len(box) == 0 and box.take_head(100) == [] and box.take_head() == []
+
+
+def test_a_huge_object_is_taken_alone_and_whole():
+    box = Outbox(1 << 20)
+    big = b"x" * 100_000
+    box.append(big)
+    box.append(b"next")
+    assert box.take_head(16384) == [big]
+    assert box.take_head(16384) == [b"next"]

@@ -259,3 +259,39 @@ def test_drop_policy_on_a_slow_tls_reader_keeps_the_stream_well_formed(https, pa
     numbers = [int(e["data"][1:].split()[0]) for e in events if e["data"].startswith("#")]
     assert numbers == sorted(numbers) and numbers[-1] == last
     slow.close()
+
+
+def test_drop_policy_keeps_the_newest_events_of_a_tls_reader_whose_socket_just_filled(https, pair):
+    # Once the kernel stops taking a slow reader's bytes, what TLS sealed
+    # can no longer be dropped.  Were a whole queue sealed at that moment,
+    # the next events would find no room and be the ones dropped: the
+    # newest.  The moment depends on how full the kernel's buffers were, so
+    # several event sizes try several moments.
+    daemon, watcher = https("--max-queue-bytes", "64K", "--heartbeat", "0", "--slow-client-policy", "drop")
+    for size in range(6000, 9001, 600):
+        token = f"flood{size}"
+        slow = open_stream(daemon, pair[0], subscribe=token, rcvbuf=4096)
+        daemon.wait_clients(2)
+        payload = "z" * size
+        sent = 0
+
+        def batch():  # seven events: all of them fit in the queue
+            nonlocal sent
+            daemon.control("".join(f"{token}=#{sent + i} {payload}\n" for i in range(7)))
+            sent += 7
+            still_receives(daemon, watcher, f"calm {size} {sent}")
+
+        dropped = daemon.control_json("tcpstatus")["droppedevents"]
+        while daemon.control_json("tcpstatus")["droppedevents"] == dropped:
+            assert sent < 10_000, "the kernel's buffers never filled"
+            batch()
+        batch()  # just after the socket filled: these must all arrive
+        daemon.control(f"{token}=stop\n")
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        events = []
+        while not events or events[-1].get("data") != "stop":
+            events.append(slow.read_event(timeout=10))
+        numbers = [int(e["data"][1:].split()[0]) for e in events if e["data"].startswith("#")]
+        assert numbers[-7:] == list(range(sent - 7, sent)), size
+        slow.close()
+        daemon.wait_clients(1)

@@ -173,7 +173,7 @@ class Connection:
     def finish_after_eof(self) -> None:
         """The peer is done sending: deliver what is queued, then close.
         Reading stops, so a level-triggered end of input cannot spin."""
-        if not len(self.outbox):
+        if not self.queued_bytes():
             self.close("closed by peer", quiet=True)
             return
         self.closing = True
@@ -189,6 +189,10 @@ class Connection:
         self.outbox.append(data)
         self.schedule_flush()
 
+    def queued_bytes(self) -> int:
+        """Bytes waiting for the peer, in every form this connection holds."""
+        return len(self.outbox)
+
     def schedule_flush(self) -> None:
         if not self._flush_pending and not self._writing:
             self._flush_pending = True
@@ -199,7 +203,7 @@ class Connection:
         if self.closed:
             return
         try:
-            done = self.outbox.flush(self.sock)
+            done = self._send()
         except OSError as exc:
             if exc.errno in DISCONNECTED:
                 self.close("connection lost while sending", quiet=True)
@@ -217,6 +221,10 @@ class Connection:
                 self.close("done", quiet=True)
             else:
                 self._finish_close()
+
+    def _send(self) -> bool:
+        """Hand the kernel what it takes now; True when nothing is left."""
+        return self.outbox.flush(self.sock)
 
     # -- closing ------------------------------------------------------------
     def close_after_flush(self) -> None:
@@ -299,10 +307,10 @@ class SseClient(Connection):
     def tls_info(self) -> str:
         return ""
 
-    def _sealed_chunks(self) -> int:
-        """Queued chunks (from the head) that must stay as they are: none
-        in plain text; TLS keeps its ciphertext there."""
-        return 0
+    def _pinned_chunks(self) -> int:
+        """Queued chunks (from the head) the drop policy must keep: the
+        first may be partly sent."""
+        return 1
 
     def last_words(self) -> None:
         """At shutdown: end the stream and make one try to send what is queued."""
@@ -404,9 +412,7 @@ class SseClient(Connection):
         (whole chunks, never the one being sent), and put one ``reset``
         event where they were, so the page knows it missed some."""
         outbox = self.outbox
-        # Never drop the head (it may be partly sent) nor bytes already
-        # sealed by TLS.
-        first = max(1, self._sealed_chunks())
+        first = self._pinned_chunks()
         held = outbox.unsent(first)
         pending_reset = held if held is not None and held is self._reset_chunk else None
         keep = first + 1 if pending_reset is not None else first
@@ -434,7 +440,7 @@ class SseClient(Connection):
         self.closing = True
         self.ctx.hub.counters.slow_closed += 1
         self.ctx.log.info(
-            f"Client <{self.fd}> {self.peer} is too slow: {len(self.outbox)} bytes queued, "
+            f"Client <{self.fd}> {self.peer} is too slow: {self.queued_bytes()} bytes queued, "
             f"limit {self.outbox.limit}; closing")
         # Not closed here: the hub may be iterating over its recipients.
         self.ctx.reactor.call_soon(self.close, "write queue over its limit (slow reader)")
@@ -665,19 +671,23 @@ class TlsSseClient(SseClient):
     """An SSE client on the HTTPS port: the same HTTP and SSE code as a plain
     one, with a ``tls.TlsPump`` between it and the socket.
 
-    The outbox is shared by both forms of the bytes: ``deliver`` and
-    ``write`` append plaintext behind the ciphertext not yet sent, and each
-    flush first seals that plaintext (one TLS write for everything queued
-    during the pass) into one ciphertext chunk.  So a fan-out still appends
-    the same bytes object to every recipient, and the queue limit counts
-    the same bytes as for a plain client.
+    ``outbox`` holds plaintext, as a plain client's does: ``deliver`` and
+    ``write`` append the very bytes object of a fan-out, and the queue
+    limit and the drop policy count and drop the same events as for a
+    plain client.  ``wire`` holds ciphertext on its way out.  Plaintext is
+    sealed a slice at a time (``SEAL_BYTES``), and only once the ciphertext
+    before it has left: sealed bytes can no longer be dropped, so a slow
+    reader's queue stays plaintext and the drop policy keeps its newest
+    events, not whatever was sealed last.
     """
 
     kind = "TLS client"
+    #: Plaintext sealed at once: one TLS record's worth (its maximum).
+    SEAL_BYTES = 16384
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         self.pump = tls.TlsPump(ctx.tls.context)
-        self._cipher_chunks = 0  # the outbox's first chunks (from its head) that are sealed already
+        self.wire = Outbox(ctx.settings.max_queue_bytes)
         super().__init__(ctx, sock, peer)
 
     def tls_info(self) -> str:
@@ -685,6 +695,9 @@ class TlsSseClient(SseClient):
         if pump.state == tls.HANDSHAKE:
             return "TLS: handshake in progress"
         return f"TLS: {pump.version() or '-'} cipher {pump.cipher() or '-'} ({pump.state})"
+
+    def queued_bytes(self) -> int:
+        return len(self.outbox) + len(self.wire)
 
     # -- ciphertext in ------------------------------------------------------
     def on_data(self, data: bytes) -> None:
@@ -714,22 +727,30 @@ class TlsSseClient(SseClient):
             super().on_eof()
 
     # -- ciphertext out -----------------------------------------------------
-    def flush(self) -> None:
-        if not self.closed:
-            self._seal()
-        super().flush()
-        self._cipher_chunks = self.outbox.unsent_chunks()
+    def _send(self) -> bool:
+        wire = self.wire
+        while True:
+            if not len(wire):
+                self._seal(self.SEAL_BYTES)
+                if not len(wire):
+                    return True
+            if not wire.flush(self.sock):
+                return False
 
-    def _seal(self) -> None:
-        """Encrypt the plaintext queued behind the sealed chunks (one TLS
-        write), add close_notify once closing, and queue the ciphertext."""
-        plain = self.outbox.take_tail(self._cipher_chunks)
+    def _seal(self, nbytes=None) -> None:
+        """Encrypt up to about ``nbytes`` of queued plaintext (whole chunks,
+        all of it for None) in one TLS write, add close_notify once closing
+        and nothing is left, and queue the ciphertext with what the pump
+        has to say (handshake, alerts)."""
+        plain = self.outbox.take_head(nbytes)
         if plain:
             self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain))
-        if self.closing:
+        if self.closing and not len(self.outbox):
             self.pump.close()
-        self.outbox.append(self.pump.outgoing())
-        self._cipher_chunks = self.outbox.unsent_chunks()
+        self.wire.append(self.pump.outgoing())
+
+    def _pinned_chunks(self) -> int:
+        return 0  # plaintext is sealed whole or not at all: nothing is partly sent
 
     def last_words(self) -> None:
         """At shutdown: end the stream, seal it with close_notify, one try to send."""
@@ -741,15 +762,11 @@ class TlsSseClient(SseClient):
         """Seal what is queued, then close_notify, and make one try to send."""
         self._seal()
         self.pump.close()
-        self._seal()
+        self.wire.append(self.pump.outgoing())
         try:
-            self.outbox.flush(self.sock)
+            self.wire.flush(self.sock)
         except OSError:
             pass
-        self._cipher_chunks = self.outbox.unsent_chunks()
-
-    def _sealed_chunks(self) -> int:
-        return self._cipher_chunks
 
     # -- closing ------------------------------------------------------------
     def _handshake_over(self) -> None:

@@ -126,7 +126,7 @@ class Heartbeat:
         for client in list(self.hub.streams):
             if client.messages != client.heartbeat_mark:
                 client.heartbeat_mark = client.messages
-            elif not len(client.outbox) and not client.closing:
+            elif not client.queued_bytes() and not client.closing:
                 # Sent at once rather than queued for the end of the pass:
                 # ten thousand queued flushes would raise the memory peak.
                 client.outbox.append(HEARTBEAT)

@@ -40,18 +40,23 @@ class Outbox:
             self._chunks.append(data)
             self._size += len(data)
 
-    def unsent_chunks(self) -> int:
-        """How many queued objects are left (a partly sent one counts)."""
-        return len(self._chunks) - self._head
-
-    def take_tail(self, keep: int) -> list:
-        """Remove and return the objects queued after the first ``keep``
-        unsent ones (TLS replaces plaintext queued there by its ciphertext)."""
-        start = self._head + keep
-        tail = self._chunks[start:]
-        del self._chunks[start:]
-        self._size -= sum(map(len, tail))
-        return tail
+    def take_head(self, nbytes=None) -> list:
+        """Remove and return whole objects from the front, at least one,
+        until ``nbytes`` are taken (all of them for None).  For a queue that
+        is never flushed itself (TLS plaintext): nothing there is partly sent."""
+        chunks = self._chunks
+        start = end = self._head
+        if nbytes is None:
+            end = len(chunks)
+        else:
+            taken = 0
+            while end < len(chunks) and taken < nbytes:
+                taken += len(chunks[end])
+                end += 1
+        head = chunks[start:end]
+        del chunks[start:end]
+        self._size -= sum(map(len, head))
+        return head
 
     def unsent(self, index: int):
         """The ``index``-th queued chunk (0: the next to leave, possibly
