@@ -50,6 +50,10 @@ HTML = b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>%s</body>
      error_answer(501, b"Not Implemented", HTML % b"Not Implemented", b"Allow: GET, HEAD\r\n" + ACA)),
     (b"DELETE /sse HTTP/1.1\r\n\r\n",
      error_answer(501, b"Not Implemented", HTML % b"Not Implemented", b"Allow: GET, HEAD\r\n" + ACA)),
+    (b"get /sse?subscribe=a HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",  # methods are case-sensitive
+     error_answer(501, b"Not Implemented", HTML % b"Not Implemented", b"Allow: GET, HEAD\r\n" + ACA)),
+    (b"GET /sse?subscribe=a HTTP/1.1\r\nConnection : keep-alive\r\n\r\n",  # RFC 9112 5.1
+     error_answer(400, b"Bad Request", HTML % b"Bad Request")),
     (b"HEAD /sse HTTP/1.1\r\n\r\n",
      b"HTTP/1.1 200 OK\r\nDate: X\r\nAccept: text/*\r\nServer: AsyncSSEServer (Hyper)\r\nCache-control: no-cache\r\n"
      + ACA + b"Allow: GET, HEAD, OPTIONS\r\nKeep-Alive: timeout=300, max=100\r\nContent-Type: text/event-stream\r\n"
@@ -216,6 +220,36 @@ def test_no_reinit_ignores_bytes_then_command_enables(daemon):
     c.request(b"GET /sse?subscribe=old HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
     daemon.control("new=z\n")
     assert c.read_event()["data"] == "z"
+
+
+STREAM_REQUEST = b"GET /sse?subscribe=%s HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"
+
+
+@pytest.mark.parametrize("tail", [b"xyz", b"\x00\x01", b"POST / HTTP/1.1\r\n\r\n", STREAM_REQUEST % b"new"],
+                         ids=["text", "binary", "POST", "second GET"])
+def test_bytes_sent_with_the_request_are_ignored_without_reinit(daemon, tail):
+    # Whatever follows the head in the same packet is input from an
+    # established client: ignored, never an answer written into the stream.
+    c = SseClient("127.0.0.1", daemon.port)
+    c.request(STREAM_REQUEST % b"old" + tail)
+    c.read_handshake()
+    daemon.control("new=not for it;old=for it\n")
+    event = c.read_event()
+    assert event["data"] == "for it" and set(event) == {"id", "data"}
+    c.expect_nothing()
+    assert daemon.control_json("tcpstatus")["sseconncli"] == 1
+
+
+def test_a_second_get_sent_with_the_request_reinitialises_under_reinit(daemon_factory):
+    d = daemon_factory("-ra")
+    c = SseClient("127.0.0.1", d.port)
+    c.request(STREAM_REQUEST % b"old" + STREAM_REQUEST % b"new")
+    c.read_handshake()
+    c.read_handshake()
+    d.control("old=x;new=y\n")
+    assert c.read_event()["data"] == "y"
+    status = d.control_json("tcpstatus")
+    assert status["sseconncli"] == 1
 
 
 def test_sigterm_ends_streams_and_removes_pidfile(daemon_factory, tmp_path):

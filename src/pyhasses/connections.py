@@ -327,13 +327,18 @@ class SseClient(Connection):
             self._established_input(data)
             return
         self.state_name = self.HEADER
-        for item in self.reader.feed(data):
-            if self.closing or self.closed:
-                return
-            if isinstance(item, http.BadHead):
-                self._answer(item.status, "error", item.reason)
-                return
-            self._request(item)
+        item = self.reader.feed(data)
+        if item is None:
+            return
+        if isinstance(item, http.BadHead):
+            self._answer(item.status, "error", item.reason)
+            return
+        rest = self.reader.rest()
+        self._request(item)
+        if rest and self.established:
+            # Sent with the request, read as if sent after the handshake:
+            # only a new GET under re-init means anything.
+            self._established_input(rest)
 
     def _established_input(self, data: bytes) -> None:
         """hasses: a new GET on an established stream re-initialises it when
@@ -508,17 +513,18 @@ class MetricsClient(Connection):
     def on_data(self, data: bytes) -> None:
         if self.closing:
             return
-        for item in self.reader.feed(data):
-            if isinstance(item, http.BadHead):
-                self.write(http.error(item.status, self.ctx.cors))
-            elif item.method != b"GET":
-                self.write(http.error(501, self.ctx.cors))
-            elif item.target.partition(b"?")[0] != b"/metrics":
-                self.write(http.error(404, self.ctx.cors))
-            else:
-                self.write(http.metrics_answer(self.render().encode()))
-            self.close_after_flush()
+        item = self.reader.feed(data)
+        if item is None:
             return
+        if isinstance(item, http.BadHead):
+            self.write(http.error(item.status, self.ctx.cors))
+        elif item.method != b"GET":
+            self.write(http.error(501, self.ctx.cors))
+        elif item.target.partition(b"?")[0] != b"/metrics":
+            self.write(http.error(404, self.ctx.cors))
+        else:
+            self.write(http.metrics_answer(self.render().encode()))
+        self.close_after_flush()
 
     def on_closed(self, reason: str, quiet: bool) -> None:
         self.ctx.reactor.cancel(self._timer)

@@ -3,8 +3,9 @@
 Owns: where a head ends, its size limit, parsing it with httptools, the
 decision a head leads to (stream, HEAD, OPTIONS or an error status) and the
 exact bytes of every answer of PROTOCOL.md 3.  Must not touch: sockets, the
-hub.  ``RequestReader.feed`` takes bytes and returns the heads completed so
-far; ``decide`` turns one head into what the connection must do.
+hub.  ``RequestReader.feed`` takes bytes and returns the first head once it
+is complete (bytes after it are kept for the connection to judge);
+``decide`` turns one head into what the connection must do.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ _REASONS = {400: b"Bad Request", 404: b"Not Found", 431: b"Request Header Fields
 _NOT_REQUEST_LINE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_METHOD = re.compile(rb"[A-Z]+ ")
+#: RFC 9110 5.6.2: a method is a token, case-sensitive ("get" is a method
+#: we do not implement, not junk).
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(_TOKEN + rb" [!-~]+ HTTP/[0-9](?:\.[0-9])?\Z")
+#: What a request line may start with, before its end has come.
+_REQUEST_LINE_START = re.compile(rb"(?:" + _TOKEN + rb"(?: [!-~]*(?: H(?:T(?:T(?:P(?:/[0-9.]*)?)?)?)?)?)?)?\Z")
 
 KNOWN_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
@@ -208,9 +214,11 @@ class _Collector:
 class RequestReader:
     """Buffers bytes up to the empty line that ends a head, within a limit.
 
-    A head split over any number of reads is joined; bytes after it stay
-    buffered for the next one (a re-initialised stream).  Junk is refused as
-    soon as it is seen, not when the limit or the handshake timer runs out.
+    A head split over any number of reads is joined.  Only the first head
+    is read: what follows it in the same reads (pipelined requests, a body,
+    junk) stays in ``rest`` for the connection, which decides what such
+    bytes mean once its stream is established.  Junk is refused as soon as
+    it is seen, not when the limit or the handshake timer runs out.
     """
 
     def __init__(self, limit: int):
@@ -218,43 +226,42 @@ class RequestReader:
         self._buf = bytearray()
 
     def feed(self, data: bytes):
-        """Returns a list of RequestHead / BadHead; a BadHead is always last."""
+        """The first head once complete (RequestHead, or BadHead for what
+        cannot be read), else None."""
         if (not self._buf and 4 < len(data) <= self.limit and 0x41 <= data[0] <= 0x5A
                 and data.find(b"\n\r\n") == len(data) - 3 and b"\n\n" not in data):
             # The usual case: one whole head, alone, in one read (it starts
             # with a method and its only empty line is the last one).
-            return [parse_head(data)]
+            return parse_head(data)
         self._buf += data
-        out = []
         while self._buf:
             match = _HEAD_END.search(self._buf)
             if match is None:
-                bad = self._check_partial()
-                if bad is not None:
-                    out.append(bad)
-                break
+                return self._check_partial()
             end = match.end()
             if end > self.limit:
-                out.append(BadHead(431, f"request head over {self.limit} bytes"))
-                break
+                return BadHead(431, f"request head over {self.limit} bytes")
             head = bytes(self._buf[:end])
             del self._buf[:end]
-            if not head.strip():
-                continue  # blank lines between requests are allowed (RFC 9112 2.2)
-            result = parse_head(head)
-            out.append(result)
-            if isinstance(result, BadHead):
-                break
-        return out
+            if head.strip():
+                return parse_head(head)
+            # blank lines before a request are allowed (RFC 9112 2.2)
+        return None
+
+    def rest(self) -> bytes:
+        """The bytes received after the head ``feed`` returned."""
+        return bytes(self._buf)
 
     def _check_partial(self) -> Optional[BadHead]:
         buf = self._buf.lstrip(b"\r\n")
         if len(self._buf) > self.limit:
             return BadHead(431, f"request head over {self.limit} bytes")
         line_end = buf.find(b"\n")
-        first_line = buf if line_end < 0 else buf[:line_end]
-        if _NOT_REQUEST_LINE.search(first_line) or (buf and not 0x41 <= buf[0] <= 0x5A):
-            return BadHead(400, "not an HTTP request")
+        if line_end < 0:
+            if _NOT_REQUEST_LINE.search(buf) or not _REQUEST_LINE_START.match(buf):
+                return BadHead(400, "not an HTTP request")
+        elif not _REQUEST_LINE.match(buf[:line_end].rstrip(b"\r")):
+            return BadHead(400, "not an HTTP request line")
         return None
 
 
@@ -281,12 +288,18 @@ def parse_head(head: bytes):
 
 def _classify_error(head: bytes, exc: Exception) -> BadHead:
     """A well-formed request line with a method or version we do not serve
-    gets 501, as hasses answers; anything else is a bad request."""
+    gets 501, as hasses answers; a bad request line or a bad header field
+    (RFC 9112 5.1: space before the colon, for one) is a bad request."""
     line = head.split(b"\r\n", 1)[0]
-    parts = line.split(b" ")
-    if len(parts) == 3 and _METHOD.match(line) and parts[2].startswith(b"HTTP/"):
+    if not _REQUEST_LINE.match(line):
+        return BadHead(400, f"malformed request line: {exc}")
+    try:
+        httptools.HttpRequestParser(_Collector()).feed_data(line + b"\r\n\r\n")
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
         return BadHead(501, f"unsupported request line: {line[:80]!r}")
-    return BadHead(400, f"malformed request: {exc}")
+    return BadHead(400, f"malformed header field: {exc}")
 
 
 # -- deciding what a head asks for -------------------------------------------
