@@ -103,6 +103,9 @@ def test_tcpsubscribedclients_valid_json_for_any_token(daemon):
     weird = 'we"ird\\tok\u00e9'
     assert daemon.control_json("tcpsubscribedclients:" + weird) == {"subscribedclients": 0, "subscribedfor": weird}
     assert len(clients) == 2
+    # Bytes that are not UTF-8: the reply must still be UTF-8 JSON.
+    reply = daemon.control(b"tcpsubscribedclients:ab\xff\xfecd\n")
+    assert json.loads(reply.decode("utf-8")) == {"subscribedclients": 0, "subscribedfor": "ab\ufffd\ufffdcd"}
 
 
 def test_json_message_with_ack_and_event(daemon):
@@ -145,6 +148,15 @@ def test_unknown_command_logged_and_ignored(daemon):
     daemon.control("bogus_command;r=fine\n")
     assert c.read_event()["data"] == "fine"
     daemon.wait_log("bogus_command")
+
+
+def test_publisher_errors_are_logged_at_the_quiet_level(daemon_factory):
+    # PROTOCOL 7: level 0 logs errors; a publisher's mistakes are errors.
+    d = daemon_factory("-q")
+    d.control('bogus_command;bad-*=y\n{"to": "r", "data": 1}\n')
+    d.wait_log(r"unknown command .*'bogus_command'; ignored")
+    d.wait_log(r"bad address 'bad-\*'.*; ignored")
+    d.wait_log(r"data.*; ignored")
 
 
 def test_status_and_clientlist_in_log(daemon):

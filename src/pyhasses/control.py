@@ -256,7 +256,7 @@ class ControlHandler:
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
             return self._message(parsed, channel, can_reply)
-        self.log.info(f"{channel}: {parsed.reason}; ignored")
+        self.log.error(f"{channel}: {parsed.reason}; ignored")
         if parsed.is_json and can_reply:
             return _json_line({"ok": False, "error": parsed.reason})
         return None
@@ -327,5 +327,10 @@ class ControlHandler:
 
 
 def _json_line(obj: dict) -> bytes:
-    """hasses' spacing (``"key": value,"key": ...``), always valid JSON."""
-    return (json.dumps(obj, separators=(",", ": "), ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    """hasses' spacing (``"key": value,"key": ...``), always valid JSON:
+    bytes of a token that were not UTF-8 come back as U+FFFD."""
+    line = json.dumps(obj, separators=(",", ": "), ensure_ascii=False) + "\n"
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates standing for such bytes
+        return line.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
