@@ -44,6 +44,7 @@ def test_unknown_switch_exits_1():
     (("-p=8080", "-murl=/sse", "-cp=1", "-ssl"), "-cert-file"),
     (("-p=8080", "-murl=/sse", "-cp=1", "--max-token-length", "10"), "at least 128"),
     (("-p=8080", "-murl=/sse", "-cp=1", "--port"), "needs a value"),
+    (("-p=8080", "-murl=/sse", "-fifo=/tmp/f", "--control-bind", "0.0.0.0"), "--control-bind needs a control port"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, reason):
     r = run(*args)

@@ -255,7 +255,9 @@ def build_settings(raw: dict) -> Settings:
         sse = Endpoint(sse.port, expand_hosts([raw.pop("bind")]))
     control = raw.pop("control", None)
     control_bind = raw.pop("control_bind", None)
-    if control is not None and control_bind is not None:
+    if control_bind is not None:
+        if control is None:
+            raise SettingsError("--control-bind needs a control port: -cp=PORT")
         control = Endpoint(control.port, expand_hosts([control_bind]))
     user = raw.get("user")
     if user is not None:
