@@ -104,6 +104,12 @@ def test_unknown_method_token_is_501_not_400():
             assert status == 501, (method, cut, got)
 
 
+def test_malformed_request_line_is_400_with_every_httptools():
+    for line in (b"GET /s\x7fse HTTP/1.1", b"GET /sse HTTP/1.1 x", b"GET /sse\tHTTP/1.1"):
+        [bad] = feed_all(line + b"\r\nConnection: keep-alive\r\n\r\n")
+        assert isinstance(bad, http.BadHead) and bad.status == 400, (line, bad)
+
+
 def test_malformed_header_field_is_400_not_501():
     # RFC 9112 5.1: whitespace between a field name and its colon is a bad request.
     for field in (b"Connection : keep-alive", b"Conn ection: keep-alive", b"\x01x: y", b": empty-name",

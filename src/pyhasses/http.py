@@ -38,11 +38,13 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 #: RFC 9110 5.6.2: a method is a token, case-sensitive ("get" is a method
 #: we do not implement, not junk).
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_REQUEST_LINE = re.compile(_TOKEN + rb" [!-~]+ HTTP/[0-9](?:\.[0-9])?\Z")
-#: Header fields as RFC 9112 5 has them (no space before the colon, no
-#: control characters, no obsolete line folding).  httptools releases
-#: differ here: Debian 12's takes "Connection : keep-alive" as a field.
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t -~\x80-\xff]*\r\n)*\r\n\Z")
+_LINE = _TOKEN + rb" [!-~]+ HTTP/[0-9](?:\.[0-9])?"
+_REQUEST_LINE = re.compile(_LINE + rb"\Z")
+#: A whole head as RFC 9112 has it: request line, header fields (no space
+#: before the colon, no control characters, no obsolete line folding).
+#: httptools releases differ there: Debian 12's (0.1.1) takes
+#: "Connection : keep-alive" as a field, PyPI's refuses it.
+_HEAD = re.compile(_LINE + rb"\r\n(?:" + _TOKEN + rb":[\t -~\x80-\xff]*\r\n)*\r\n\Z")
 #: What a request line may start with, before its end has come.
 _REQUEST_LINE_START = re.compile(rb"(?:" + _TOKEN + rb"(?: [!-~]*(?: H(?:T(?:T(?:P(?:/[0-9.]*)?)?)?)?)?)?)?\Z")
 
@@ -286,8 +288,8 @@ def parse_head(head: bytes):
         return _classify_error(head, exc)
     if not collector.done:
         return BadHead(400, "incomplete request head")
-    if not _FIELDS.match(head, head.find(b"\r\n") + 2):
-        return BadHead(400, "malformed header field")
+    if not _HEAD.match(head):
+        return BadHead(400, "malformed request head")
     return RequestHead(parser.get_method(), collector.target, parser.get_http_version(),
                        collector.headers, collector.fields)
 
