@@ -308,8 +308,8 @@ class SseClient(Connection):
         return ""
 
     def _pinned_chunks(self) -> int:
-        """Queued chunks (from the head) the drop policy must keep: the
-        first may be partly sent."""
+        """Queued chunks (from the front) the drop policy must keep: the
+        first may be partly sent, or be the stream's HTTP head."""
         return 1
 
     def last_words(self) -> None:
@@ -733,6 +733,14 @@ class TlsSseClient(SseClient):
             super().on_eof()
 
     # -- ciphertext out -----------------------------------------------------
+    def _request(self, head) -> None:
+        super()._request(head)
+        if self.established:
+            self._seal()  # the stream's HTTP head leaves the droppable queue at once
+
+    def _pinned_chunks(self) -> int:
+        return 0  # plaintext is never partly sent, and the head is sealed already
+
     def _send(self) -> bool:
         wire = self.wire
         while True:
@@ -754,9 +762,6 @@ class TlsSseClient(SseClient):
         if self.closing and not len(self.outbox):
             self.pump.close()
         self.wire.append(self.pump.outgoing())
-
-    def _pinned_chunks(self) -> int:
-        return 0  # plaintext is sealed whole or not at all: nothing is partly sent
 
     def last_words(self) -> None:
         """At shutdown: end the stream, seal it with close_notify, one try to send."""
