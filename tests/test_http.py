@@ -24,10 +24,22 @@ def decide(raw):
     return http.decide(head, URL, 128)
 
 
-def test_head_split_in_two_is_joined():
-    for cut in (1, 10, len(GOOD) - 2, len(GOOD) - 1):
-        out = feed_all(GOOD[:cut], GOOD[cut:])
-        assert len(out) == 1 and isinstance(out[0], http.RequestHead)
+def test_head_split_anywhere_is_joined():
+    lf_only = GOOD.replace(b"\r\n", b"\n")
+    for raw in (GOOD, lf_only, b"\r\n\r\n" + GOOD):
+        for cut in range(1, len(raw)):
+            out = feed_all(raw[:cut], raw[cut:])
+            assert len(out) == 1 and isinstance(out[0], http.RequestHead), (raw[:cut], out)
+        out = feed_all(*(raw[i:i + 1] for i in range(len(raw))))  # byte by byte
+        assert len(out) == 1 and isinstance(out[0], http.RequestHead), raw
+        assert out[0].fields[b"user-agent"] == b"UA/1"
+
+
+def test_any_number_of_empty_lines_before_a_request():
+    reader = http.RequestReader(4096)
+    for _ in range(100):
+        assert reader.feed(b"\r\n" * 1000) is None  # more than the limit in all: not a head
+    assert isinstance(reader.feed(GOOD), http.RequestHead)
 
 
 def test_incomplete_head_waits():

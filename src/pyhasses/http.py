@@ -46,7 +46,7 @@ _REQUEST_LINE = re.compile(_LINE + rb"\Z")
 #: "Connection : keep-alive" as a field, PyPI's refuses it.
 _HEAD = re.compile(_LINE + rb"\r\n(?:" + _TOKEN + rb":[\t -~\x80-\xff]*\r\n)*\r\n\Z")
 #: What a request line may start with, before its end has come.
-_REQUEST_LINE_START = re.compile(rb"(?:" + _TOKEN + rb"(?: [!-~]*(?: H(?:T(?:T(?:P(?:/[0-9.]*)?)?)?)?)?)?)?\Z")
+_REQUEST_LINE_START = re.compile(rb"(?:" + _TOKEN + rb"(?: [!-~]*(?: (?:H(?:T(?:T(?:P(?:/[0-9.]*)?)?)?)?)?)?)?)?\r?\Z")
 
 KNOWN_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 
@@ -230,44 +230,63 @@ class RequestReader:
     def __init__(self, limit: int):
         self.limit = limit
         self._buf = bytearray()
+        self._searched = 0       # bytes at the front of _buf known to hold no head end
+        self._line_done = False  # the first line is complete and is a request line
 
     def feed(self, data: bytes):
         """The first head once complete (RequestHead, or BadHead for what
-        cannot be read), else None."""
+        cannot be read), else None.  Each byte is looked at about once,
+        however the head is split: a head trickling in byte by byte must
+        not cost the loop more than one sent whole."""
         if (not self._buf and 4 < len(data) <= self.limit and 0x41 <= data[0] <= 0x5A
                 and data.find(b"\n\r\n") == len(data) - 3 and b"\n\n" not in data):
             # The usual case: one whole head, alone, in one read (it starts
             # with a method and its only empty line is the last one).
             return parse_head(data)
-        self._buf += data
-        while self._buf:
-            match = _HEAD_END.search(self._buf)
-            if match is None:
-                return self._check_partial()
-            end = match.end()
-            if end > self.limit:
-                return BadHead(431, f"request head over {self.limit} bytes")
-            head = bytes(self._buf[:end])
-            del self._buf[:end]
-            if head.strip():
-                return parse_head(head)
-            # blank lines before a request are allowed (RFC 9112 2.2)
-        return None
+        buf = self._buf
+        old = len(buf)
+        buf += data
+        if not old and buf[0] in b"\r\n":
+            # Empty lines before a request are allowed (RFC 9112 2.2): all
+            # of them go at once.
+            del buf[:len(buf) - len(buf.lstrip(b"\r\n"))]
+            old = 0
+            if not buf:
+                return None
+        match = _HEAD_END.search(buf, max(0, self._searched - 3))
+        if match is None:
+            self._searched = len(buf)
+            return self._check_partial(old)
+        end = match.end()
+        if end > self.limit:
+            return BadHead(431, f"request head over {self.limit} bytes")
+        head = bytes(buf[:end])
+        del buf[:end]
+        self._searched = 0
+        self._line_done = False
+        return parse_head(head)
 
     def rest(self) -> bytes:
         """The bytes received after the head ``feed`` returned."""
         return bytes(self._buf)
 
-    def _check_partial(self) -> Optional[BadHead]:
-        buf = self._buf.lstrip(b"\r\n")
-        if len(self._buf) > self.limit:
+    def _check_partial(self, old: int) -> Optional[BadHead]:
+        """Refuse what cannot become a request line as soon as it shows;
+        ``old``: bytes of the buffer checked before."""
+        buf = self._buf
+        if len(buf) > self.limit:
             return BadHead(431, f"request head over {self.limit} bytes")
-        line_end = buf.find(b"\n")
-        if line_end < 0:
-            if _NOT_REQUEST_LINE.search(buf) or not _REQUEST_LINE_START.match(buf):
-                return BadHead(400, "not an HTTP request")
-        elif not _REQUEST_LINE.match(buf[:line_end].rstrip(b"\r")):
-            return BadHead(400, "not an HTTP request line")
+        if self._line_done:
+            return None
+        line_end = buf.find(b"\n", old)
+        if line_end >= 0:
+            if not _REQUEST_LINE.match(buf, 0, line_end - (buf[line_end - 1:line_end] == b"\r")):
+                return BadHead(400, "not an HTTP request line")
+            self._line_done = True
+        elif _NOT_REQUEST_LINE.search(buf, old) or (old < 64 and not _REQUEST_LINE_START.match(buf[:64])):
+            # The method and the start of the target tell junk from a request;
+            # the rest of a long line is judged when it ends.
+            return BadHead(400, "not an HTTP request")
         return None
 
 
