@@ -252,6 +252,22 @@ def test_a_second_get_sent_with_the_request_reinitialises_under_reinit(daemon_fa
     assert status["sseconncli"] == 1
 
 
+def test_a_thousand_pipelined_gets_under_reinit_end_on_the_last(daemon_factory):
+    # One read's requests are taken one after the other, not by recursion.
+    d = daemon_factory("-ra")
+    c = SseClient("127.0.0.1", d.port)
+    c.request(b"".join(STREAM_REQUEST % b"t%d" % i for i in range(1000)))
+    wait_until(lambda: d.log().count("Re-initialize client") == 999, what="999 re-initialisations")
+    d.control("t998=no;t999=yes\n")
+    got = b""
+    deadline = time.monotonic() + 10
+    while b"data: yes" not in got and time.monotonic() < deadline:
+        got += c.sock.recv(1 << 20)
+    assert b"data: yes" in got and b"data: no" not in got
+    assert got.count(b"HTTP/1.1 200 OK\r\n") == 1000  # one handshake per request
+    assert "internal error" not in d.log()
+
+
 def test_sigterm_ends_streams_and_removes_pidfile(daemon_factory, tmp_path):
     pidfile = tmp_path / "p.pid"
     d = daemon_factory(f"-pidfile={pidfile}")

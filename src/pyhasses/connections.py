@@ -323,26 +323,27 @@ class SseClient(Connection):
 
     # -- input --------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
-        if self.established:
-            self._established_input(data)
-            return
-        self.state_name = self.HEADER
-        item = self.reader.feed(data)
-        if item is None:
-            return
-        if isinstance(item, http.BadHead):
-            self._answer(item.status, "error", item.reason)
-            return
-        rest = self.reader.rest()
-        self._request(item)
-        if rest and self.established:
-            # Sent with the request, read as if sent after the handshake:
-            # only a new GET under re-init means anything.
-            self._established_input(rest)
+        while data:
+            if self.established and not self._reinitialise(data):
+                return
+            self.state_name = self.HEADER
+            item = self.reader.feed(data)
+            if item is None:
+                return
+            if isinstance(item, http.BadHead):
+                self._answer(item.status, "error", item.reason)
+                return
+            # Bytes sent with the request are read as if sent after the
+            # handshake: only a new GET under re-init means anything.
+            data = self.reader.rest()
+            self._request(item)
+            if not self.established:
+                return  # answered, and closing
 
-    def _established_input(self, data: bytes) -> None:
+    def _reinitialise(self, data: bytes) -> bool:
         """hasses: a new GET on an established stream re-initialises it when
-        allowed (some proxies reuse the connection); else it is ignored."""
+        allowed (some proxies reuse the connection); else it is ignored.
+        True when ``data`` is to be read as a new request."""
         if self.ctx.runtime.reinit and data.startswith(b"GET "):
             self.ctx.log.info(f"Re-initialize client <{self.fd}> {self.peer}")
             self.ctx.hub.unsubscribe(self)
@@ -350,9 +351,10 @@ class SseClient(Connection):
             self.reinit_count += 1
             self.reader = http.RequestReader(self.ctx.settings.max_head_bytes)
             self._start_handshake_timer()
-            self.on_data(data)
-        elif self.ctx.log.debugging:
+            return True
+        if self.ctx.log.debugging:
             self.ctx.log.debug(f"Connected client message <{self.fd}> {self.peer}: {data[:200]!r} (ignored)")
+        return False
 
     def _request(self, head: http.RequestHead) -> None:
         settings = self.ctx.settings
