@@ -124,6 +124,15 @@ def test_json_message():
 def test_json_errors():
     for bad in ('{"to": "r"', '{}', '{"data": "x"}', '{"to": "r", "data": 5}', '{"to": [], "data": "x"}',
                 '{"to": "r", "data": "x", "event": "a\\nb"}', '{"to": "r", "data": "x", "retry": -1}',
-                '{"to": "r", "data": "x", "bogus": 1}', '{"to": "-x", "data": "x"}'):
+                '{"to": "r", "data": "x", "bogus": 1}', '{"to": "-x", "data": "x"}',
+                # lone surrogates are not text: they cannot be sent as UTF-8
+                '{"to": "r", "data": "\\ud800"}', '{"to": "r", "data": "\\udcff\\udc80"}',
+                '{"to": "r", "data": "x", "event": "\\udfff"}', '{"to": "r\\ud800", "data": "x"}',
+                '{"to": "r", "data": "x", "except": "\\ud800"}'):
         r = i(bad)
         assert isinstance(r, Invalid) and r.is_json and r.reason, bad
+
+
+def test_unknown_json_field_names_are_quoted_in_the_reason():
+    r = i('{"to": "r", "data": "x", "a\\nFAKE": 1, "\\ud800": 2}')
+    assert isinstance(r, Invalid) and "\n" not in r.reason and "'a\\nFAKE'" in r.reason

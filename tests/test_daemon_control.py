@@ -1,6 +1,7 @@
 """The control port and FIFO of the real daemon (PROTOCOL.md 5, 5a, 6)."""
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -131,6 +132,23 @@ def test_malformed_json_gets_error_reply_and_nothing_else_breaks(daemon):
     first = json.loads(reply.splitlines()[0])
     assert first["ok"] is False and first["error"]
     assert c.read_event()["data"] == "after"
+
+
+def test_a_part_that_cannot_be_sent_costs_nothing_to_the_parts_after_it(daemon):
+    # Found by a robustness audit: a lone surrogate in JSON raised deep in
+    # the event encoder, closed the connection and lost what followed (on
+    # the FIFO, other writers' messages).  A forged log line must not appear.
+    c = daemon.sse("w")
+    reply = daemon.control('{"to": "w", "data": "\\ud800", "ack": true}\nw=after tcp\n')
+    assert json.loads(reply.splitlines()[0])["ok"] is False
+    assert c.read_event()["data"] == "after tcp"
+    daemon.publish_fifo('{"to": "w", "event": "\\udfff", "data": "x"}\nw=after fifo\n')
+    assert c.read_event()["data"] == "after fifo"
+    daemon.control('{"to": "w", "data": "x", "a\\n2026-01-01 00:00:00 pyhasses: FAKE": 1}\nsubscribedclients:\x1b[31m\n')
+    wait_until(lambda: "unknown field(s): 'a\\n2026-01-01 00:00:00 pyhasses: FAKE'" in daemon.log())
+    wait_until(lambda: "subscribed to \\x1b[31m: 0" in daemon.log())
+    assert not re.search(r"^2026-01-01 00:00:00 pyhasses: FAKE", daemon.log(), re.M)
+    assert "internal error" not in daemon.log() and "Traceback" not in daemon.log()
 
 
 def test_oversize_part_dropped_next_part_and_connection_fine(daemon):

@@ -585,7 +585,13 @@ class ControlInput:
         handle = self.ctx.control.handle
         can_reply = self.reply is not None
         for item in items:
-            answer = handle(item, self.channel, can_reply)
+            try:
+                answer = handle(item, self.channel, can_reply)
+            except Exception as exc:
+                # A bug met by one part must not cost the parts after it
+                # (on the FIFO: other publishers' messages).
+                self.ctx.log.error(f"{self.channel}: internal error {exc!r}; this part dropped")
+                continue
             if answer is not None and not self.reply(answer):
                 return
 

@@ -189,7 +189,7 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
 
     unknown = set(obj) - {"to", "data", "event", "except", "retry", "ack"}
     if unknown:
-        return bad(f"unknown field(s): {', '.join(sorted(unknown))}")
+        return bad(f"unknown field(s): {', '.join(_show(name) for name in sorted(unknown))}")
     to = obj.get("to")
     to_list = [to] if isinstance(to, str) else to
     if not to_list or not isinstance(to_list, list) or not all(isinstance(t, str) for t in to_list):
@@ -197,7 +197,10 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
     data = obj.get("data")
     if not isinstance(data, str):
         return bad('"data" must be a string')
-    if len(data.encode("utf-8", "surrogatepass")) > max_message_bytes:
+    strings = [data, *to_list, *([obj["event"]] if isinstance(obj.get("event"), str) else [])]
+    if not all(map(_is_unicode, strings)):
+        return bad('a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text')
+    if len(data.encode("utf-8")) > max_message_bytes:
         return bad(f'"data" over {max_message_bytes} bytes')
     event = obj.get("event")
     if event is not None and (not isinstance(event, str) or not event or re.search(r"[\r\n]", event)):
@@ -208,7 +211,7 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
     excepts = obj.get("except", [])
     if isinstance(excepts, str):
         excepts = [excepts]
-    if not isinstance(excepts, list) or not all(isinstance(e, str) and e for e in excepts):
+    if not isinstance(excepts, list) or not all(isinstance(e, str) and e and _is_unicode(e) for e in excepts):
         return bad('"except" must be an id or a list of ids')
     targets = []
     try:
@@ -219,6 +222,16 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
     if excepts:
         targets = [dataclasses.replace(t, except_ids=t.except_ids | frozenset(excepts)) for t in targets]
     return Message(targets, data, event, retry, ack, is_json=True)
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON can carry lone surrogates ("\\ud800"), which are not text and
+    cannot be sent as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _show(text: str, limit: int = 80) -> str:

@@ -62,6 +62,19 @@ class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
             pass
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every record is one line of UTF-8 whatever a peer or a publisher put
+    in it (a token, an agent, a JSON field name): control characters,
+    surrogates and bytes that were not UTF-8 are written as escapes, so no
+    line can be forged and none is lost to an encoding error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class Log:
     """hasses' ``toLog(level, ...)``, on top of ``logging``."""
 
@@ -91,7 +104,7 @@ class Log:
         self._use(ReopeningFileHandler(path, encoding="utf-8"))
 
     def _use(self, handler: logging.Handler) -> None:
-        handler.setFormatter(logging.Formatter("%(asctime)s pyhasses: %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(OneLineFormatter("%(asctime)s pyhasses: %(message)s", "%Y-%m-%d %H:%M:%S"))
         if self._handler is not None:
             self._logger.removeHandler(self._handler)
             self._handler.close()
