@@ -84,7 +84,8 @@ def replay(client, last_id: str, history: History, hub, last_issued: int, now_id
         newest = last_issued if resume.kind != "too-old" else None
         client.write(reset_event(resume.oldest, resume.kind, event_id=newest))
         hub.counters.resets += 1
-    missed = [held.data for held in resume.events if hub.reaches(client, held.targets)]
+    reaches = hub.reach(client)
+    missed = [held.data for held in resume.events if reaches(held.targets)]
     skipped = _over_room(missed, client.outbox.limit - len(client.outbox) - 2 * RESET_ROOM)
     if skipped and not resume.needs_reset:
         client.write(reset_event(resume.oldest, "dropped", skipped))

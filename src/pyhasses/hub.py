@@ -13,9 +13,10 @@ tokens plus its recipients.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 
 class RoutingError(ValueError):
@@ -193,22 +194,34 @@ class Hub:
             return [c for c in found if c.uniq_id not in skip]
         return found
 
-    def reaches(self, client, targets: Iterable[Target]) -> bool:
-        """Would a message to ``targets`` be delivered to ``client`` now?
-        The same rules as ``recipients``, asked about one client (replay)."""
+    def reach(self, client) -> Callable[[Iterable[Target]], bool]:
+        """Would a message to ``targets`` be delivered to ``client`` now?  The
+        same rules as ``recipients``, asked about one client (replay), and
+        prepared once for many questions: a client may hold thousands of
+        tokens and a history thousands of events, so a token is found in a
+        set and a prefix by bisection, not by a scan each."""
         if not client.established:
-            return False
-        for target in targets:
-            if target.except_ids and client.uniq_id in target.except_ids:
-                continue
-            if (target.token == "*" and not target.prefix) or client.everything:
-                return True
-            if target.prefix:
-                if any(t.startswith(target.token) for t in client.tokens):
+            return lambda targets: False
+        everything, uniq_id = client.everything, client.uniq_id
+        exact = frozenset(client.tokens)
+        ordered = sorted(exact)
+
+        def reaches(targets: Iterable[Target]) -> bool:
+            for target in targets:
+                if target.except_ids and uniq_id in target.except_ids:
+                    continue
+                token = target.token
+                if (token == "*" and not target.prefix) or everything:
                     return True
-            elif target.token in client.tokens:
-                return True
-        return False
+                if target.prefix:
+                    at = bisect.bisect_left(ordered, token)
+                    if at < len(ordered) and ordered[at].startswith(token):
+                        return True
+                elif token in exact:
+                    return True
+            return False
+
+        return reaches
 
     def publish(self, targets: Sequence[Target], data: bytes) -> int:
         """Queue ``data`` (one encoded event) for every recipient; returns
