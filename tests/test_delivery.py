@@ -471,6 +471,9 @@ def test_tcpmetrics_and_metrics_port_serve_the_same_counters(daemon_factory):
                 "pyhasses_history_events", "pyhasses_connections"):
         assert served[key] == values[key], key
     assert raw_exchange("127.0.0.1", mport, b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
+    d.wait_log(r"Metrics client 127\.0\.0\.1:\d+: unknown URL b'/other'; answered 404 and closing")
+    assert raw_exchange("127.0.0.1", mport, b"\x16\x03\x01junk").startswith(b"HTTP/1.1 400")
+    d.wait_log(r"Metrics client 127\.0\.0\.1:\d+: not an HTTP request; answered 400 and closing")
     # loopback only by default: every listening socket on that port is
     assert listening_addresses(mport) <= {"127.0.0.1", "::1"}
     assert "127.0.0.1" in listening_addresses(mport)

@@ -194,3 +194,13 @@ def test_error_answers_have_consistent_length():
 
 def test_date_format():
     assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n", http.http_date())
+
+
+def test_absolute_form_targets_are_accepted():
+    # RFC 9112 3.2.2: a server must accept them (some proxies send them).
+    for target in (b"http://example.com/sse?subscribe=a", b"HTTPS://h:8443/sse?subscribe=a"):
+        req = decide(b"GET " + target + b" HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+        assert isinstance(req, http.StreamRequest) and req.tokens == ["a"], target
+    for target in (b"http://h?subscribe=a", b"http://h", b"http://h/other/sse?subscribe=a", b"ftp://h/sse"):
+        assert decide(b"GET " + target + b" HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").status == 404, target
+    assert http.origin_form(b"http://h?x=1") == b"/?x=1" and http.origin_form(b"/sse") == b"/sse"

@@ -519,13 +519,17 @@ class MetricsClient(Connection):
         if item is None:
             return
         if isinstance(item, http.BadHead):
-            self.write(http.error(item.status, self.ctx.cors))
+            status, reason = item.status, item.reason
         elif item.method != b"GET":
-            self.write(http.error(501, self.ctx.cors))
-        elif item.target.partition(b"?")[0] != b"/metrics":
-            self.write(http.error(404, self.ctx.cors))
+            status, reason = 501, f"method {item.method[:40]!r} not implemented"
+        elif http.origin_form(item.target).partition(b"?")[0] != b"/metrics":
+            status, reason = 404, f"unknown URL {item.target[:200]!r}"
         else:
+            status = 200
             self.write(http.metrics_answer(self.render().encode()))
+        if status != 200:
+            self.ctx.log.info(f"Metrics client {self.peer}: {reason}; answered {status} and closing")
+            self.write(http.error(status, self.ctx.cors))
         self.close_after_flush()
 
     def on_closed(self, reason: str, quiet: bool) -> None:
@@ -644,7 +648,10 @@ class ControlClient(Connection):
     def on_closed(self, reason: str, quiet: bool) -> None:
         self.input.cancel()
         self.ctx.control_clients.discard(self)
-        self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
+        if quiet:  # the writer's own close, the usual end
+            self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
+        else:
+            self.ctx.log.info(f"Closed communication connection {self.peer}: {reason}")
 
 
 class FifoReader:

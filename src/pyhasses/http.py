@@ -353,13 +353,26 @@ class FixedAnswer:
     reason: str
 
 
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target.  RFC 9112 3.2.2: a server
+    must accept the absolute form (``http://host/sse?...``), which some
+    proxies send; its authority is not checked, as Host is not."""
+    if target[:1] == b"/" or not target[:8].lower().startswith((b"http://", b"https://")):
+        return target
+    rest = target[target.find(b"//") + 2:]
+    for at, byte in enumerate(rest):
+        if byte in b"/?":
+            return rest[at:] if byte == 0x2F else b"/" + rest[at:]
+    return b"/"
+
+
 def decide(head: RequestHead, match_url: str, max_token_length: int):
     """hasses' order of checks: method, URL (404), version (501), then for
     GET the keep-alive token and the query (400)."""
     method = head.method
     if method not in KNOWN_METHODS:
         return FixedAnswer(501, "error", f"method {method.decode(errors='replace')} not implemented")
-    path, _, query = head.target.partition(b"?")
+    path, _, query = origin_form(head.target).partition(b"?")
     url_ok = path.decode("latin-1") == match_url
     if method == b"OPTIONS" and head.target == b"*":
         url_ok = True
