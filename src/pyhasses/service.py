@@ -161,6 +161,10 @@ class Daemon:
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
         """Listen: the SSE, control and metrics ports' sockets, bound before."""
+        user_timeout = delivery.Heartbeat.dead_peer_timeout(self.settings.heartbeat)
+        if user_timeout:
+            for s in sse_socks:  # accepted streams inherit it: no system call each
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout)
         self.sse_listeners = [Listener(self, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
         self.listeners = self.sse_listeners + [
             Listener(self, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
@@ -294,23 +298,22 @@ def sock_name(sock: socket.socket) -> str:
 
 
 # -- opening what needs privileges ----------------------------------------------
-def bind_endpoint(endpoint: Endpoint, user_timeout: int = 0) -> List[socket.socket]:
+def bind_endpoint(endpoint: Endpoint) -> List[socket.socket]:
     """Listening sockets for an endpoint.  No host: one IPv6 socket that also
-    takes IPv4 (dual-stack), or IPv4 alone where IPv6 is missing.
-    ``user_timeout``: TCP_USER_TIMEOUT (ms) for every accepted connection."""
+    takes IPv4 (dual-stack), or IPv4 alone where IPv6 is missing."""
     if not endpoint.hosts:
         try:
-            return [_listen(socket.AF_INET6, "::", endpoint.port, user_timeout, v6only=False)]
+            return [_listen(socket.AF_INET6, "::", endpoint.port, v6only=False)]
         except OSError as exc:
             if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-            return [_listen(socket.AF_INET, "0.0.0.0", endpoint.port, user_timeout)]
+            return [_listen(socket.AF_INET, "0.0.0.0", endpoint.port)]
     socks = []
     try:
         for host in endpoint.hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                socks.append(_listen(family, host, endpoint.port, user_timeout, v6only=True))
+                socks.append(_listen(family, host, endpoint.port, v6only=True))
             except OSError as exc:
                 # "localhost" on a host without IPv6: the IPv4 loopback will do.
                 if host == "::1" and len(endpoint.hosts) > 1 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
@@ -323,7 +326,7 @@ def bind_endpoint(endpoint: Endpoint, user_timeout: int = 0) -> List[socket.sock
     return socks
 
 
-def _listen(family: int, host: str, port: int, user_timeout: int, v6only: bool = True) -> socket.socket:
+def _listen(family: int, host: str, port: int, v6only: bool = True) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -332,8 +335,6 @@ def _listen(family: int, host: str, port: int, user_timeout: int, v6only: bool =
         # not held back until the publisher's delayed ACK of the previous
         # one (40 ms, Nagle).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if user_timeout:  # inherited too; set before listen(), so no early connection lacks it
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
         sock.bind((host, port))
@@ -434,7 +435,7 @@ def run(settings: Settings) -> int:
         pidfile.check()
         tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
-        sse_socks = _bind(settings.sse, "SSE port", delivery.Heartbeat.dead_peer_timeout(settings.heartbeat))
+        sse_socks = _bind(settings.sse, "SSE port")
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
@@ -497,9 +498,9 @@ def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
     return setup
 
 
-def _bind(endpoint: Endpoint, what: str, user_timeout: int = 0) -> List[socket.socket]:
+def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:
     try:
-        return bind_endpoint(endpoint, user_timeout)
+        return bind_endpoint(endpoint)
     except OSError as exc:
         raise StartError(f"cannot listen on {what} {endpoint.describe()}: {exc.strerror}") from None
 
