@@ -111,18 +111,7 @@ class Heartbeat:
     got nothing since the last sweep and has nothing queued gets a comment.
     An idle stream hears something every ``interval``; a busy one is never
     silent for more than twice that.  A peer that is gone fails the send and
-    is closed (see ``dead_peer_timeout``).  The only per-stream state is
-    ``heartbeat_mark``."""
-
-    @staticmethod
-    def dead_peer_timeout(interval: float) -> int:
-        """TCP_USER_TIMEOUT (ms) for streams: a peer that acknowledged
-        nothing of what was sent to it for three intervals is gone (a phone
-        off the network, a pulled cable), and the kernel ends the connection
-        then instead of retransmitting for some 15 minutes.  A live reader
-        that is merely slow still acknowledges the kernel's window probes.
-        0, the kernel's default, without heartbeats."""
-        return int(interval * 3000) if interval > 0 else 0
+    is closed.  The only per-stream state is ``heartbeat_mark``."""
 
     def __init__(self, reactor, hub, interval: float):
         self.reactor = reactor

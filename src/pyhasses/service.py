@@ -161,10 +161,6 @@ class Daemon:
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
         """Listen: the SSE, control and metrics ports' sockets, bound before."""
-        user_timeout = delivery.Heartbeat.dead_peer_timeout(self.settings.heartbeat)
-        if user_timeout:
-            for s in sse_socks:  # accepted streams inherit it: no system call each
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout)
         self.sse_listeners = [Listener(self, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
         self.listeners = self.sse_listeners + [
             Listener(self, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
