@@ -240,10 +240,11 @@ def test_bytes_sent_with_the_request_are_ignored_without_reinit(daemon, tail):
     assert daemon.control_json("tcpstatus")["sseconncli"] == 1
 
 
-def test_a_second_get_sent_with_the_request_reinitialises_under_reinit(daemon_factory):
+@pytest.mark.parametrize("between", [b"", b"\r\n"], ids=["adjacent", "empty line between"])
+def test_a_second_get_sent_with_the_request_reinitialises_under_reinit(daemon_factory, between):
     d = daemon_factory("-ra")
     c = SseClient("127.0.0.1", d.port)
-    c.request(STREAM_REQUEST % b"old" + STREAM_REQUEST % b"new")
+    c.request(STREAM_REQUEST % b"old" + between + STREAM_REQUEST % b"new")
     c.read_handshake()
     c.read_handshake()
     d.control("old=x;new=y\n")

@@ -344,7 +344,7 @@ class SseClient(Connection):
         """hasses: a new GET on an established stream re-initialises it when
         allowed (some proxies reuse the connection); else it is ignored.
         True when ``data`` is to be read as a new request."""
-        if self.ctx.runtime.reinit and data.startswith(b"GET "):
+        if self.ctx.runtime.reinit and data.lstrip(b"\r\n").startswith(b"GET "):
             self.ctx.log.info(f"Re-initialize client <{self.fd}> {self.peer}")
             self.ctx.hub.unsubscribe(self)
             self.ctx.hub.counters.reinits += 1
@@ -772,8 +772,12 @@ class TlsSseClient(SseClient):
         and nothing is left, and queue the ciphertext with what the pump
         has to say (handshake, alerts)."""
         plain = self.outbox.take_head(nbytes)
-        if plain:
-            self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain))
+        if plain and not self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain)):
+            # The session carries no more data (our close_notify went out,
+            # or OpenSSL failed): nothing queued can be sent any more.
+            self.outbox.clear()
+            if self.pump.state == tls.CLOSED and not self.closed:
+                self.ctx.reactor.call_soon(self.close, "TLS session failed while sending")
         if self.closing and not len(self.outbox):
             self.pump.close()
         self.wire.append(self.pump.outgoing())

@@ -199,7 +199,7 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
         return bad('"data" must be a string')
     strings = [data, *to_list, *([obj["event"]] if isinstance(obj.get("event"), str) else [])]
     if not all(map(_is_unicode, strings)):
-        return bad('a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text')
+        return bad('a string is not Unicode text (bytes that are not UTF-8, or a lone surrogate such as \\ud800)')
     if len(data.encode("utf-8")) > max_message_bytes:
         return bad(f'"data" over {max_message_bytes} bytes')
     event = obj.get("event")
