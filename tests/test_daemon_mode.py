@@ -197,6 +197,27 @@ def test_stale_pid_file_is_replaced(daemon_run):
     run.stop()
 
 
+def test_a_pid_file_naming_another_users_process_counts_as_running(user_dir):
+    # kill(pid, 0) on another user's process fails with EPERM: it is alive.
+    # Asked by an unprivileged user in a forked child (root may signal anyone).
+    from pyhasses import service
+
+    _, entry = user_dir
+    child = os.fork()
+    if child == 0:
+        code = 3
+        try:
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            code = 0 if service._alive(1) else 1
+        except BaseException:
+            code = 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # 2: it raised, 1: it said gone
+
+
 @pytest.mark.parametrize("where", ["missing directory", "a directory"])
 def test_unwritable_log_file_is_reported_on_stderr_before_detaching(daemon_run, tmp_path, where):
     path = tmp_path / "no-such-dir" / "x.log" if where == "missing directory" else tmp_path

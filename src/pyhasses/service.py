@@ -410,7 +410,9 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True  # or PermissionError: alive, someone else's
+    except PermissionError:
+        pass  # alive, and someone else's
+    return True
 
 
 # -- the whole start ---------------------------------------------------------------
