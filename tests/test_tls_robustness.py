@@ -235,6 +235,20 @@ def test_refusal_above_max_clients_sends_no_plaintext_on_the_tls_port(https, pai
     still_receives(daemon, watcher, "after a refusal")
 
 
+def read_flood(slow) -> list:
+    """The slow reader reads at last: its events up to the one saying stop."""
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    events = []
+    while not events or events[-1].get("data") != "stop":
+        events.append(slow.read_event(timeout=10))
+    return events
+
+
+def flood_numbers(events) -> list:
+    """The numbers of the flood's events ("#N payload") that arrived, in order."""
+    return [int(e["data"][1:].split()[0]) for e in events if e["data"].startswith("#")]
+
+
 def test_drop_policy_on_a_slow_tls_reader_keeps_the_stream_well_formed(https, pair):
     # The drop policy removes queued events; with TLS it must only touch
     # plaintext not yet sealed, or the records would no longer decrypt.
@@ -251,12 +265,9 @@ def test_drop_policy_on_a_slow_tls_reader_keeps_the_stream_well_formed(https, pa
     daemon.control("flood=stop\n")
     status = daemon.control_json("tcpstatus")
     assert status["droppedevents"] > 0 and status["sseconncli"] == 2
-    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    events = []
-    while not events or events[-1].get("data") != "stop":
-        events.append(slow.read_event(timeout=10))
+    events = read_flood(slow)
     assert any(e.get("event") == "reset" for e in events)
-    numbers = [int(e["data"][1:].split()[0]) for e in events if e["data"].startswith("#")]
+    numbers = flood_numbers(events)
     assert numbers == sorted(numbers) and numbers[-1] == last
     slow.close()
 
@@ -287,11 +298,7 @@ def test_drop_policy_keeps_the_newest_events_of_a_tls_reader_whose_socket_just_f
             batch()
         batch()  # just after the socket filled: these must all arrive
         daemon.control(f"{token}=stop\n")
-        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        events = []
-        while not events or events[-1].get("data") != "stop":
-            events.append(slow.read_event(timeout=10))
-        numbers = [int(e["data"][1:].split()[0]) for e in events if e["data"].startswith("#")]
+        numbers = flood_numbers(read_flood(slow))
         assert numbers[-7:] == list(range(sent - 7, sent)), size
         slow.close()
         daemon.wait_clients(1)

@@ -525,11 +525,13 @@ class MetricsClient(Connection):
         elif http.origin_form(item.target).partition(b"?")[0] != b"/metrics":
             status, reason = 404, f"unknown URL {item.target[:200]!r}"
         else:
-            status = 200
-            self.write(http.metrics_answer(self.render().encode()))
-        if status != 200:
+            status, reason = 200, None
+        if reason is None:
+            answer = http.metrics_answer(self.render().encode())
+        else:
             self.ctx.log.info(f"Metrics client {self.peer}: {reason}; answered {status} and closing")
-            self.write(http.error(status, self.ctx.cors))
+            answer = http.error(status, self.ctx.cors)
+        self.write(answer)
         self.close_after_flush()
 
     def on_closed(self, reason: str, quiet: bool) -> None:
@@ -766,11 +768,11 @@ class TlsSseClient(SseClient):
             if not wire.flush(self.sock):
                 return False
 
-    def _seal(self, nbytes=None) -> None:
+    def _seal(self, nbytes=None, notify: bool = False) -> None:
         """Encrypt up to about ``nbytes`` of queued plaintext (whole chunks,
-        all of it for None) in one TLS write, add close_notify once closing
-        and nothing is left, and queue the ciphertext with what the pump
-        has to say (handshake, alerts)."""
+        all of it for None) in one TLS write, add close_notify once nothing
+        is left and the stream is closing (or ``notify``), and queue the
+        ciphertext with what the pump has to say (handshake, alerts)."""
         plain = self.outbox.take_head(nbytes)
         if plain and not self.pump.send(plain[0] if len(plain) == 1 else b"".join(plain)):
             # The session carries no more data (our close_notify went out,
@@ -778,7 +780,7 @@ class TlsSseClient(SseClient):
             self.outbox.clear()
             if self.pump.state == tls.CLOSED and not self.closed:
                 self.ctx.reactor.call_soon(self.close, "TLS session failed while sending")
-        if self.closing and not len(self.outbox):
+        if (self.closing or notify) and not len(self.outbox):
             self.pump.close()
         self.wire.append(self.pump.outgoing())
 
@@ -790,9 +792,7 @@ class TlsSseClient(SseClient):
 
     def _send_once(self) -> None:
         """Seal what is queued, then close_notify, and make one try to send."""
-        self._seal()
-        self.pump.close()
-        self.wire.append(self.pump.outgoing())
+        self._seal(notify=True)
         try:
             self.wire.flush(self.sock)
         except OSError:

@@ -197,12 +197,11 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
     data = obj.get("data")
     if not isinstance(data, str):
         return bad('"data" must be a string')
-    strings = [data, *to_list, *([obj["event"]] if isinstance(obj.get("event"), str) else [])]
-    if not all(map(_is_unicode, strings)):
+    event = obj.get("event")
+    if not all(map(_is_unicode, [data, *to_list, event if isinstance(event, str) else ""])):
         return bad('a string is not Unicode text (bytes that are not UTF-8, or a lone surrogate such as \\ud800)')
     if len(data.encode("utf-8")) > max_message_bytes:
         return bad(f'"data" over {max_message_bytes} bytes')
-    event = obj.get("event")
     if event is not None and (not isinstance(event, str) or not event or re.search(r"[\r\n]", event)):
         return bad('"event" must be a one-line non-empty string')
     retry = obj.get("retry")

@@ -181,14 +181,13 @@ class Hub:
                         found.add(members)
         else:
             members = self._by_token.get(target.token)
-            if members is not None and type(members) is not dict:
-                members = (members,)
-            if not self._everything:
-                found = members or ()
-            elif members is None:
-                found = self._everything
+            everything = self._everything
+            if members is None:
+                found = everything
+            elif type(members) is not dict:  # its one subscriber, held as itself
+                found = {members: None, **everything} if everything else (members,)
             else:
-                found = (members if type(members) is dict else dict.fromkeys(members)) | self._everything
+                found = members | everything if everything else members
         if target.except_ids:
             skip = target.except_ids
             return [c for c in found if c.uniq_id not in skip]
@@ -273,9 +272,9 @@ class Hub:
 
 def _deliver(found, data: bytes, events: int) -> None:
     """The fan-out: the same bytes object to every recipient, one queue step
-    each, however many events ``data`` joins."""
-    extra = events - 1
+    each, however many events ``data`` joins (``deliver`` counts one)."""
     for client in found:
         client.deliver(data)
-        if extra:
-            client.messages += extra
+    if events > 1:
+        for client in found:
+            client.messages += events - 1
