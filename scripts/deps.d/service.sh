@@ -4,5 +4,5 @@
 # lintian, curl for the integration script, man-db for the man page check.
 exec "$(dirname "$0")/../apt-install" "Debian package tests" \
     debhelper dh-python python3-all python3-setuptools python3-pytest \
-    python3-pytest-timeout python3-cryptography python3-daemon python3-httptools \
+    python3-pytest-timeout python3-cryptography python3-daemon python3-httptools python3-jwt python3-hiredis \
     lintian curl man-db fakeroot build-essential adduser logrotate
