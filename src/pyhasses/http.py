@@ -138,6 +138,39 @@ def metrics_answer(body: bytes) -> bytes:
     ))
 
 
+_AUTH_REASONS = {401: b"Unauthorized", 403: b"Forbidden", 413: b"Content Too Large", 400: b"Bad Request"}
+
+
+def denied(status: int, reason: str, cors: bytes) -> bytes:
+    """401, 403, 413 (or 400) of the access checks (PROTOCOL.md 9): a
+    one-line plain-text reason, then close.  The CORS header lets a page's
+    script read why it was refused."""
+    body = reason.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")[:300] + b"\n"
+    challenge = b'WWW-Authenticate: Bearer realm="pyhasses"\r\n' if status == 401 else b""
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (status, _AUTH_REASONS[status]), http_date(), SERVER,
+        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+        challenge,
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n",
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n",
+        body,
+    ))
+
+
+def publish_reply(body: bytes, cors: bytes) -> bytes:
+    """200 to an HTTP publish: the acknowledgement JSON line of PROTOCOL.md
+    5a; the connection stays open for the publisher's next POST."""
+    return b"".join((
+        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
+        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+        b"Cache-Control: no-cache\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Content-Type: application/json\r\n\r\n",
+        body,
+    ))
+
+
 def head_answer(cors: bytes) -> bytes:
     return b"".join((
         b"HTTP/1.1 200 OK\r\n", http_date(),
@@ -366,9 +399,11 @@ def origin_form(target: bytes) -> bytes:
     return b"/"
 
 
-def decide(head: RequestHead, match_url: str, max_token_length: int):
+def decide(head: RequestHead, match_url: str, max_token_length: int, max_subscriptions: int = 64):
     """hasses' order of checks: method, URL (404), version (501), then for
-    GET the keep-alive token and the query (400)."""
+    GET the keep-alive token and the query (400).  More than
+    ``max_subscriptions`` distinct tokens in one stream is a 400: one
+    anonymous request must not cost the hub thousands of index entries."""
     method = head.method
     if method not in KNOWN_METHODS:
         return FixedAnswer(501, "error", f"method {method.decode(errors='replace')} not implemented")
@@ -393,6 +428,8 @@ def decide(head: RequestHead, match_url: str, max_token_length: int):
     too_long = [t for t in tokens if len(t) > max_token_length]
     if too_long:
         return FixedAnswer(400, "error", f"token longer than {max_token_length} characters")
+    if max_subscriptions and len(set(tokens)) > max_subscriptions:
+        return FixedAnswer(400, "error", f"more than {max_subscriptions} tokens (--max-subscriptions)")
     agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
     return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head,
                          last_event_id=last_event_id(head, params))

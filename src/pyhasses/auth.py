@@ -1,0 +1,371 @@
+"""Who may subscribe and who may publish: JWT keys, verification, grants.
+
+Owns: reading a key file (PROTOCOL.md 9), verifying a token with PyJWT (a
+reviewed implementation, not our own), what a token's ``pyhasses`` claim
+grants and whether it covers the tokens a request names, where a stream's
+token is found in a request head, the decision on an HTTP publish (head and
+body to a parsed ``control.Message`` or a refusal), and minting tokens for
+tools and tests.  Must not touch: sockets, the hub, timers; the connection
+layer asks and acts on the answer.
+
+Time: ``exp`` and ``nbf`` are checked with no leeway.  The daemon and the
+signing backend are expected to share a clock (NTP); a leeway would keep a
+revoked-by-expiry stream open longer than its issuer asked, and the browser
+reconnects with a fresh cookie anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Iterable, List, Optional, Union
+from urllib.parse import parse_qsl
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from . import control
+
+DEFAULT_COOKIE = "pyhassesAuthorization"
+DEFAULT_PUBLISH_URL = "/publish"
+CLAIM = "pyhasses"
+#: A JWT longer than this is not read (a head holds it; 8 KB is generous).
+MAX_TOKEN_BYTES = 8192
+
+
+class KeyFileError(ValueError):
+    """A key file the daemon cannot use; the text is the one-line reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """A verification (or signing) key and the one algorithm it allows."""
+
+    algorithm: str   # "HS256", "ES256" or "RS256"
+    key: object      # bytes for HS256, a cryptography key object otherwise
+    path: str = ""
+
+    @property
+    def can_sign(self) -> bool:
+        return self.algorithm == "HS256" or isinstance(
+            self.key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
+
+
+def load_key(path: str, private: bool = False) -> Key:
+    """A PEM public key (or, with ``private``, a PEM private key, for
+    minting) means ES256 or RS256 by its type; anything else is an HS256
+    shared secret, its trailing newline stripped."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    return key_from_bytes(data, path, private)
+
+
+def key_from_bytes(data: bytes, path: str = "", private: bool = False) -> Key:
+    stripped = data.strip()
+    if stripped.startswith(b"-----BEGIN"):
+        return _pem_key(stripped, path, private)
+    secret = data[:-1] if data.endswith(b"\n") else data
+    secret = secret[:-1] if secret.endswith(b"\r") else secret
+    if len(secret) < 32:
+        # RFC 7518 3.2: an HS256 key of at least 256 bits.
+        raise KeyFileError(f"key file {path}: an HS256 secret must be at least 32 bytes (openssl rand -hex 32)")
+    return Key("HS256", secret, path)
+
+
+def _pem_key(pem: bytes, path: str, private: bool) -> Key:
+    try:
+        if b"PRIVATE KEY" in pem.split(b"\n", 1)[0]:
+            if not private:
+                # The daemon needs only the public half (PROTOCOL.md 9):
+                # holding the signing key would let a break-in mint tokens.
+                raise KeyFileError(f"key file {path}: a private key; give the daemon the public key "
+                                   "(openssl pkey -in KEY -pubout)")
+            obj = serialization.load_pem_private_key(pem, password=None)
+        else:
+            obj = serialization.load_pem_public_key(pem)
+    except KeyFileError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"key file {path}: not a usable PEM key ({exc})") from None
+    if isinstance(obj, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+        if obj.curve.name != "secp256r1":
+            raise KeyFileError(f"key file {path}: ES256 needs a P-256 key, not {obj.curve.name}")
+        return Key("ES256", obj, path)
+    if isinstance(obj, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
+        if obj.key_size < 2048:
+            raise KeyFileError(f"key file {path}: an RSA key needs at least 2048 bits")
+        return Key("RS256", obj, path)
+    raise KeyFileError(f"key file {path}: only P-256 (ES256) and RSA (RS256) keys are supported")
+
+
+# -- verification ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Grants:
+    """What a verified token allows: ``subscribe`` and ``publish`` entries
+    (a token, ``PREFIX*`` or ``*``), and when it ends (None: never)."""
+
+    subscribe: tuple
+    publish: tuple
+    expires: Optional[float]
+
+
+class Refused(Exception):
+    """A token that is not valid; the text is the one-line reason."""
+
+
+def verify(token: Union[str, bytes], key: Key, now: Optional[float] = None) -> Grants:
+    """The grants of a valid token, or ``Refused`` with the reason."""
+    if isinstance(token, str):
+        token = token.encode("ascii", "replace")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise Refused(f"token over {MAX_TOKEN_BYTES} bytes")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise Refused(f"malformed token: {exc}") from None
+    alg = header.get("alg")
+    if alg != key.algorithm:
+        # alg "none" and an HS256 token signed with a public key's bytes
+        # end here, before any signature code runs.
+        raise Refused(f"algorithm {str(alg)[:20]!r} not accepted (the key is {key.algorithm})")
+    verify_key = key.key
+    if key.algorithm != "HS256" and hasattr(verify_key, "public_key"):
+        verify_key = verify_key.public_key()
+    try:
+        claims = jwt.decode(token, verify_key, algorithms=[key.algorithm],
+                            options={"require": [], "verify_aud": False, "verify_iat": False,
+                                     "verify_exp": False, "verify_nbf": False})
+    except jwt.InvalidSignatureError:
+        raise Refused("bad signature") from None
+    except jwt.PyJWTError as exc:
+        raise Refused(f"invalid token: {exc}") from None
+    return _grants(claims, time.time() if now is None else now)
+
+
+def _grants(claims: dict, now: float) -> Grants:
+    """exp and nbf checked here, against ``now``, so that tests and the
+    stream's end use one clock and one rule."""
+    exp = claims.get("exp")
+    nbf = claims.get("nbf")
+    for name, value in (("exp", exp), ("nbf", nbf)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise Refused(f'"{name}" must be a number')
+    if exp is not None and now >= exp:
+        raise Refused("token expired")
+    if nbf is not None and now < nbf:
+        raise Refused("token not valid yet")
+    claim = claims.get(CLAIM)
+    if not isinstance(claim, dict):
+        raise Refused(f'no "{CLAIM}" claim')
+    lists = []
+    for name in ("subscribe", "publish"):
+        entries = claim.get(name, [])
+        if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+            raise Refused(f'"{CLAIM}.{name}" must be a list of tokens')
+        lists.append(tuple(entries))
+    return Grants(lists[0], lists[1], float(exp) if exp is not None else None)
+
+
+def covers(grants: Iterable[str], token: str) -> bool:
+    """Does one of ``grants`` allow ``token``?  ``*`` allows all, ``news*``
+    every token starting with ``news`` (``news*`` itself included, as an
+    address), an exact entry only that token.  Asking for ``*`` needs ``*``."""
+    for grant in grants:
+        if grant == "*":
+            return True
+        if grant.endswith("*"):
+            if token.startswith(grant[:-1]) and token != "*":
+                return True
+        elif grant == token:
+            return True
+    return False
+
+
+def uncovered(grants: Iterable[str], tokens: Iterable[str]) -> List[str]:
+    grants = tuple(grants)
+    return [t for t in tokens if not covers(grants, t)]
+
+
+# -- streams -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Accept:
+    """The stream may open; it ends at ``expires`` (None: the token has no exp)."""
+
+    expires: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Deny:
+    """Answer ``status`` (401, 403, 400, 413) and close; ``reason`` for the log."""
+
+    status: int
+    reason: str
+
+
+def token_of(head, cookie_name: str = DEFAULT_COOKIE, query: Optional[dict] = None) -> Optional[bytes]:
+    """The token a stream request carries: ``Authorization: Bearer``, else
+    the cookie, else the ``authorization`` query parameter."""
+    value = head.header(b"authorization")
+    if value is not None:
+        scheme, _, rest = value.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and rest.strip():
+            return rest.strip()
+    cookies = head.header(b"cookie")
+    if cookies is not None:
+        wanted = cookie_name.encode("latin-1")
+        # Repeated Cookie fields were joined with ", " by the head reader.
+        for item in cookies.replace(b",", b";").split(b";"):
+            name, eq, val = item.strip().partition(b"=")
+            if eq and name == wanted and val.strip(b'" '):
+                return val.strip(b'" ')
+    if query is None:
+        from .http import origin_form, parse_query
+
+        query = parse_query(origin_form(head.target).partition(b"?")[2])
+    param = query.get("authorization")
+    if param:
+        return param.encode("latin-1", "replace")
+    return None
+
+
+def check_stream(head, tokens: Iterable[str], key: Key, cookie_name: str = DEFAULT_COOKIE,
+                 query: Optional[dict] = None, now: Optional[float] = None) -> Union[Accept, Deny]:
+    """May this request subscribe to ``tokens`` (as ``http.decide`` found
+    them; ``*`` for everything)?"""
+    raw = token_of(head, cookie_name, query)
+    if raw is None:
+        return Deny(401, "no token (Authorization: Bearer, the cookie or ?authorization=)")
+    try:
+        grants = verify(raw, key, now)
+    except Refused as exc:
+        return Deny(401, str(exc))
+    missing = uncovered(grants.subscribe, tokens)
+    if missing:
+        return Deny(403, f"token does not grant subscribing to {', '.join(repr(t[:80]) for t in missing[:5])}")
+    return Accept(grants.expires)
+
+
+# -- publishing over HTTP ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    """A publish the token allows: run ``message`` as the control channel
+    runs its JSON form, then answer with the acknowledgement."""
+
+    message: control.Message
+
+
+FORM_FIELDS = ("to", "data", "event", "except", "retry")
+
+
+def bearer(head) -> Optional[bytes]:
+    """A publisher's token comes only from the Authorization header (a
+    backend can always send one; cookies and URLs are for browsers)."""
+    value = head.header(b"authorization")
+    if value is None:
+        return None
+    scheme, _, rest = value.strip().partition(b" ")
+    return rest.strip() if scheme.lower() == b"bearer" and rest.strip() else None
+
+
+def check_publish(head, body: bytes, key: Key, max_token_length: int, max_message_bytes: int,
+                  max_part_bytes: int, now: Optional[float] = None) -> Union[Publish, Deny]:
+    """An HTTP publish: the token first (401/403), then the body (400/413)."""
+    raw = bearer(head)
+    if raw is None:
+        return Deny(401, "no token (Authorization: Bearer)")
+    try:
+        grants = verify(raw, key, now)
+    except Refused as exc:
+        return Deny(401, str(exc))
+    if len(body) > max_part_bytes:
+        return Deny(413, f"body over {max_part_bytes} bytes")
+    parsed = parse_publish_body(head, body, max_token_length, max_message_bytes)
+    if isinstance(parsed, Deny):
+        return parsed
+    missing = uncovered(grants.publish, [_address(t) for t in parsed.targets])
+    if missing:
+        return Deny(403, f"token does not grant publishing to {', '.join(repr(t[:80]) for t in missing[:5])}")
+    return Publish(parsed)
+
+
+def _address(target) -> str:
+    """The token a target reaches, as a grant must cover it: ``news*`` for a
+    prefix, ``*`` for everyone."""
+    if target.token == "*" and not target.prefix:
+        return "*"
+    return target.token + "*" if target.prefix else target.token
+
+
+def parse_publish_body(head, body: bytes, max_token_length: int,
+                       max_message_bytes: int) -> Union[control.Message, Deny]:
+    """A form or JSON body to the Message the control channel's JSON form
+    gives, through the same validation."""
+    ctype = (head.header(b"content-type") or b"").split(b";")[0].strip().lower()
+    if ctype == b"application/json":
+        text = body.decode("utf-8", "surrogateescape").strip()
+        if not text.startswith("{"):
+            return Deny(400, "JSON body must be an object")
+    elif ctype == b"application/x-www-form-urlencoded":
+        text = _form_to_json(body)
+        if isinstance(text, Deny):
+            return text
+    else:
+        return Deny(400, "Content-Type must be application/x-www-form-urlencoded or application/json")
+    parsed = control.interpret(text.encode("utf-8", "surrogateescape"), max_token_length, max_message_bytes)
+    if isinstance(parsed, control.Invalid):
+        return Deny(400, parsed.reason)
+    if not isinstance(parsed, control.Message):
+        return Deny(400, "not a message")
+    return parsed
+
+
+def _form_to_json(body: bytes) -> Union[str, Deny]:
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
+                          errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Deny(400, f"malformed form body: {exc}")
+    obj: dict = {}
+    for name, value in pairs:
+        if name not in FORM_FIELDS:
+            return Deny(400, f"unknown form field {name[:40]!r}")
+        if name in ("to", "except"):
+            obj.setdefault(name, []).append(value)
+        elif name in obj:
+            return Deny(400, f"form field {name!r} given twice")
+        elif name == "retry":
+            if not value.isdigit():
+                return Deny(400, '"retry" must be a whole number of milliseconds')
+            obj[name] = int(value)
+        else:
+            obj[name] = value
+    if "data" not in obj:
+        return Deny(400, 'missing "data"')
+    return json.dumps(obj)
+
+
+# -- minting (tools, tests, backends) ----------------------------------------------
+
+
+def mint(key: Key, subscribe: Iterable[str] = (), publish: Iterable[str] = (),
+         ttl: Optional[float] = 3600, now: Optional[float] = None, **extra) -> str:
+    """A signed token granting ``subscribe`` and ``publish``, ending in
+    ``ttl`` seconds (None: never)."""
+    if not key.can_sign:
+        raise KeyFileError(f"key file {key.path}: a public key cannot sign; give the private key")
+    now = time.time() if now is None else now
+    claims = {CLAIM: {"subscribe": list(subscribe), "publish": list(publish)}, "iat": int(now), **extra}
+    if ttl is not None:
+        claims["exp"] = int(now + ttl)
+    return jwt.encode(claims, key.key, algorithm=key.algorithm)
