@@ -146,3 +146,63 @@ def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
             assert names(h.recipients(parse_target(word + "*", 128))) == expect, (step, word)
             assert h.subscribed_count(word) == sum(word in ts for ts in model.values())
     assert set(h._by_token) <= set(words)
+
+
+# -- the sorted prefix index (issue 12 point 7) ----------------------------------
+
+
+def test_a_prefix_publish_looks_only_at_the_tokens_it_matches():
+    """PREFIX* finds its tokens by bisection: the hub's token dict is never
+    walked (it is replaced here by one that refuses iteration)."""
+    from pyhasses.hub import Hub, parse_target
+
+    class NoScan(dict):
+        def items(self):
+            raise AssertionError("scanned every token")
+
+        __iter__ = keys = values = items
+
+    hub = Hub()
+    hub._by_token = NoScan()
+    a = subscribed(hub, "a", ["news1", "other"])
+    b = subscribed(hub, "b", ["news2", "newt"])
+    c = subscribed(hub, "c", ["new"])
+    everyone = subscribed(hub, "all", ["*"])
+    assert set(hub.recipients(parse_target("news*", 128))) == {a, b, everyone}
+    assert set(hub.recipients(parse_target("new*", 128))) == {a, b, c, everyone}
+    assert set(hub.recipients(parse_target("zz*", 128))) == {everyone}
+    hub.disconnected(a)
+    assert set(hub.recipients(parse_target("news*", 128))) == {b, everyone}
+
+
+def test_the_token_index_follows_subscribe_and_unsubscribe():
+    from pyhasses.hub import Hub, TokenIndex
+
+    hub = Hub()
+    x = subscribed(hub, "x", ["b", "a", "c"])
+    y = subscribed(hub, "y", ["a"])
+    assert hub._prefixes.starting_with("") == ["a", "b", "c"]
+    hub.disconnected(x)
+    assert hub._prefixes.starting_with("") == ["a"]
+    hub.disconnected(y)
+    assert len(hub._prefixes) == 0
+    index = TokenIndex()
+    for t in ["ab", "a", "abc", "b", "a\U0010ffff", "\U0010ffff"]:
+        index.add(t)
+    assert index.starting_with("a") == ["a", "ab", "abc", "a\U0010ffff"]
+    assert index.starting_with("\U0010ffff") == ["\U0010ffff"]
+    index.discard("zz")
+    assert len(index) == 6
+
+
+def test_holders_are_the_exact_subscribers():
+    from pyhasses.hub import Hub
+
+    hub = Hub()
+    a = subscribed(hub, "a", ["room1"])
+    b = subscribed(hub, "b", ["room1", "room2"])
+    star = subscribed(hub, "s", ["*"])
+    assert set(hub.holders("room1")) == {a, b}
+    assert hub.holders("room2") == [b]
+    assert hub.holders("*") == [star]
+    assert hub.holders("none") == []

@@ -9,6 +9,7 @@ Must not touch: sockets, logging handlers.  ``service.run`` does the rest.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import pwd
 import sys
@@ -155,6 +156,28 @@ OPTIONS = (
            "serve GET /metrics (Prometheus text) on this port (loopback unless an address is given)",
            _loopback_endpoint),
 
+    # -- security: access control (issue 12) --
+    Option((), "--subscriber-key", "subscriber_key", "FILE",
+           "streams need a JWT signed with this key (PEM public key: ES256/RS256; else an HS256 secret)",
+           os.path.abspath),
+    Option((), "--auth-cookie", "auth_cookie", "NAME",
+           "cookie that carries a stream's JWT (default pyhassesAuthorization)"),
+    Option((), "--publisher-key", "publisher_key", "FILE",
+           "accept POST to --publish-url with a JWT signed with this key (same forms as --subscriber-key)",
+           os.path.abspath),
+    Option((), "--publish-url", "publish_url", "PATH", "URL path of HTTP publishing on the SSE port (default /publish)"),
+    Option((), "--control-socket", "control_socket", "PATH",
+           "Unix-domain control socket, mode 0660, same protocol as the control port"),
+    Option((), "--control-socket-group", "control_socket_group", "NAME", "group of the control socket"),
+    Option((), "--control-secret-file", "control_secret_file", "FILE",
+           "TCP control connections must first send 'auth SECRET' (the file's content)", os.path.abspath),
+    Option((), "--max-subscriptions", "max_subscriptions", "N",
+           "tokens one stream may subscribe to; more is 400 (default 64; 0: no cap)", parse_count),
+    Option((), "--max-control-clients", "max_control_clients", "N",
+           "open control connections (TCP and Unix socket) allowed at once (default 256)", parse_count),
+    Option((), "--control-idle-timeout", "control_idle_timeout", "SECONDS",
+           "close a control connection silent this long (default 300; 0: never)", parse_seconds_or_off),
+
     # -- end of options --
 )
 
@@ -174,6 +197,9 @@ Commands on the control port or FIFO (parts end at the delimiter or a line end):
   "tcpmetrics"                 reply with the counters in the Prometheus text format (TCP only)
   "loglevel_quiet" | "loglevel_normal" | "loglevel_debug"   set the log level
   "reinit_enable" | "reinit_disable"   allow or refuse re-initialised streams
+  "kick:<id>" | "kicktoken:<token>"    close the streams opened with id=<id> / subscribed to <token>
+  "tcpkick:<id>" | "tcpkicktoken:<token>"   the same, replying {"kicked": N} (TCP only)
+  "auth <secret>"              first part on the control port under --control-secret-file
   "<token>=<message>"          send to the subscribers of <token>
   "<prefix>*=<message>"        send to subscriptions starting with <prefix>
   "<token>-<id>=<message>"     send to <token> except the client connected with id=<id>
@@ -265,6 +291,12 @@ def build_settings(raw: dict) -> Settings:
             pwd.getpwnam(user)
         except KeyError:
             raise UsageError(f'Error unknown user/Cannot setuid to user: "{user}"', EXIT_FAILURE) from None
+    group = raw.get("control_socket_group")
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise UsageError(f"--control-socket-group: unknown group {group!r}") from None
     return validate(Settings(sse=sse, control=control, **raw))
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 
 from . import delivery, http, tls
-from .control import Framer
+from .control import Framer, Gate, Refusal
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
 from .sse import LAST_CHUNK
@@ -358,7 +359,7 @@ class SseClient(Connection):
 
     def _request(self, head: http.RequestHead) -> None:
         settings = self.ctx.settings
-        decision = http.decide(head, settings.match_url, settings.max_token_length)
+        decision = http.decide(head, settings.match_url, settings.max_token_length, settings.max_subscriptions)
         if isinstance(decision, http.FixedAnswer):
             self._answer(decision.status, decision.kind, decision.reason)
             return
@@ -543,13 +544,21 @@ class ControlInput:
     unterminated tail, and running each part.  ``reply`` takes the answer
     bytes of a TCP writer; the FIFO has nobody to answer."""
 
-    def __init__(self, ctx, channel: str, reply=None, replied=None):
+    def __init__(self, ctx, channel: str, reply=None, replied=None, refused=None, secret=None):
         self.ctx = ctx
         self.channel = channel
         self.reply = reply
         self.replied = replied  # called after each run of parts, their events queued
-        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
+        self.refused = refused  # a socket's: called with a control.Refusal, nothing of it run
+        self.secret = secret
+        self.framer = self._new_framer()
         self._idle = None
+
+    def _new_framer(self):
+        framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+        # Sockets can be reached by other protocols (PROTOCOL.md 9); the
+        # FIFO only by those its file mode lets in.
+        return Gate(framer, self.secret) if self.refused is not None else framer
 
     def feed(self, data: bytes) -> None:
         self._run(self.framer.feed(data))
@@ -570,9 +579,13 @@ class ControlInput:
 
     def reset(self) -> None:
         self.cancel()
-        self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+        self.framer = self._new_framer()
 
     def _run(self, items) -> None:
+        if items and isinstance(items[0], Refusal):
+            self.cancel()
+            self.refused(items[0])
+            return
         # The events of one read leave joined (Hub.hold), except under the
         # drop policy, which drops whole queued chunks and counts events.
         if self.ctx.settings.slow_client_policy == "drop":
@@ -603,19 +616,32 @@ class ControlInput:
 
 
 class ControlClient(Connection):
-    """A publisher on the TCP control port."""
+    """A publisher on the TCP control port or the Unix control socket."""
 
     kind = "control client"
     priority_input = True  # read between the slices of a long fan-out
 
-    def __init__(self, ctx, sock: socket.socket, peer: str):
+    def __init__(self, ctx, sock: socket.socket, peer: str, secret=None, announce: bool = False):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
-        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued)
+        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued,
+                                  refused=self._refused, secret=secret)
+        self.last_input = time.monotonic()  # the idle sweep's clock (service)
         ctx.control_clients.add(self)
-        ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
+        text = f"Communication connect from {peer} as <{self.fd}>"
+        if announce:
+            ctx.log.info(text)
+        else:
+            ctx.log.debug(text)
 
     def on_data(self, data: bytes) -> None:
+        self.last_input = time.monotonic()
         self.input.feed(data)
+
+    def _refused(self, refusal: Refusal) -> None:
+        """Another protocol, or no secret: closed at once, nothing run."""
+        self.ctx.access.count(refusal.kind)
+        self.ctx.log.info(f"Refused control connection {self.peer}: {refusal.reason}; closed with nothing run")
+        self.close(f"refused ({refusal.kind})", quiet=True)
 
     def _replies_queued(self) -> None:
         if len(self.outbox) and not self.closed:
@@ -654,6 +680,17 @@ class ControlClient(Connection):
             self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
         else:
             self.ctx.log.info(f"Closed communication connection {self.peer}: {reason}")
+
+
+def peer_credentials(sock: socket.socket) -> str:
+    """``unix uid U pid P`` of a Unix control socket's peer (SO_PEERCRED):
+    who published, for the log."""
+    try:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                            struct.calcsize("3i")))
+    except OSError:
+        return "unix peer (credentials unknown)"
+    return f"unix uid {uid} pid {pid}"
 
 
 class FifoReader:

@@ -10,6 +10,7 @@ about idleness and end of input, and sends the replies we return.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import re
 from typing import Callable, List, Optional, Union
@@ -112,6 +113,135 @@ class Framer:
             out.append(part)
 
 
+# -- the gate of a socket's control connection ------------------------------
+#
+# PROTOCOL.md 9: a control connection whose first bytes begin an HTTP request
+# line or a TLS record is another protocol aimed at us (a browser page's
+# no-cors fetch, a server-side request forgery, a TLS client on the wrong
+# port).  Framing such bytes would run ``room1=x HTTP/1.1`` as a message, so
+# the judgement comes before the framer sees anything.
+
+_TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+#: METHOD SP target SP HTTP/ : any method (a token), any case.
+_HTTP_LINE = re.compile(_TCHAR + rb"+ [^\s]+ [Hh][Tt][Tt][Pp]/")
+#: What may still become such a line with more bytes.
+_HTTP_LINE_START = re.compile(
+    _TCHAR + rb"*\Z|" + _TCHAR + rb"+ [^\s]*\Z|" + _TCHAR + rb"+ [^\s]+ (?:[Hh](?:[Tt](?:[Tt](?:[Pp])?)?)?)?\Z")
+#: An undecided start longer than this is judged a request line (a control
+#: part never looks like ``WORD SP TARGET`` for this long).
+SNIFF_LIMIT = 16 * 1024
+
+HTTP_REQUEST = "an HTTP request"
+TLS_RECORD = "a TLS record"
+
+
+def foreign_protocol(first: bytes, final: bool = False) -> Optional[str]:
+    """What the first bytes of a control connection are: ``HTTP_REQUEST``,
+    ``TLS_RECORD``, ``""`` for control input, or None while more bytes are
+    needed to tell (``final``: no more will come soon, so decide)."""
+    if first[:1] == b"\x16":
+        if len(first) == 1:
+            return "" if final else None
+        return TLS_RECORD if first[1] == 0x03 else ""
+    if _HTTP_LINE.match(first):
+        return HTTP_REQUEST
+    if len(first) > SNIFF_LIMIT:
+        return HTTP_REQUEST if _HTTP_LINE_START.match(first, 0, SNIFF_LIMIT) else ""
+    if final or not _HTTP_LINE_START.match(first):
+        return ""
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Close this connection with nothing run; ``reason`` for the log,
+    ``kind`` for the counters ("protocol" or "auth")."""
+
+    kind: str
+    reason: str
+
+
+@dataclasses.dataclass
+class AccessCounters:
+    """What the access checks refused, under their tcpstatus keys."""
+
+    crossprotocol: int = 0      # control connections speaking HTTP or TLS
+    authfailed: int = 0         # control connections without the secret
+    controlrefused: int = 0     # control connections above --max-control-clients
+    controlidle: int = 0        # control connections closed for silence
+    kicked: int = 0             # streams closed by kick commands
+
+    def count(self, kind: str) -> None:
+        if kind == "protocol":
+            self.crossprotocol += 1
+        elif kind == "auth":
+            self.authfailed += 1
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Gate:
+    """A socket's control input before the framer: the cross-protocol check
+    on the first bytes and, with ``secret``, the ``auth SECRET`` first part.
+    ``feed``/``finish`` give what a Framer gives, or ``[Refusal]`` once;
+    after a refusal nothing more comes out."""
+
+    def __init__(self, framer: Framer, secret: Optional[bytes] = None):
+        self.framer = framer
+        self._expected = b"auth " + secret if secret is not None else None
+        self._first: Optional[bytearray] = bytearray()  # None once judged
+        self.refused: Optional[Refusal] = None
+
+    @property
+    def pending(self) -> int:
+        return self.framer.pending + (len(self._first) if self._first is not None else 0)
+
+    def feed(self, data: bytes) -> list:
+        if self.refused is not None:
+            return []
+        if self._first is not None:
+            self._first += data
+            verdict = foreign_protocol(bytes(self._first[:SNIFF_LIMIT + 1]))
+            if verdict is None:
+                return []
+            data = self._judged(verdict)
+            if data is None:
+                return [self.refused]
+        return self._authorised(self.framer.feed(data))
+
+    def finish(self) -> list:
+        if self.refused is not None:
+            return []
+        if self._first is not None:
+            data = self._judged(foreign_protocol(bytes(self._first), final=True))
+            if data is None:
+                return [self.refused]
+            items = self.framer.feed(data)
+            return self._authorised(items + self.framer.finish())
+        return self._authorised(self.framer.finish())
+
+    def _judged(self, verdict: str) -> Optional[bytes]:
+        first, self._first = bytes(self._first), None
+        if verdict:
+            self.refused = Refusal("protocol", f"{verdict} on the control channel: {first[:60]!r}")
+            return None
+        return first
+
+    def _authorised(self, items: list) -> list:
+        if self._expected is None or not items:
+            return items
+        part = items[0]
+        good = isinstance(part, bytes) and hmac.compare_digest(part, self._expected)
+        if not good:
+            what = "oversize part" if isinstance(part, Oversize) else "wrong secret" \
+                if isinstance(part, bytes) and part.startswith(b"auth ") else "no auth part first"
+            self.refused = Refusal("auth", f"control secret required: {what}")
+            return [self.refused]
+        self._expected = None
+        return items[1:]
+
+
 # -- what a part says ------------------------------------------------------
 
 
@@ -143,7 +273,7 @@ SIMPLE_COMMANDS = {
     "loglevel_quiet", "loglevel_normal", "loglevel_debug", "reinit_enable", "reinit_disable",
     "tcpclientlist", "tcpmetrics",
 }
-ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:")
+ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:", "kick:", "kicktoken:", "tcpkick:", "tcpkicktoken:")
 
 
 def interpret(part: bytes, max_token_length: int, max_message_bytes: int) -> Union[Command, Message, Invalid]:
@@ -247,7 +377,7 @@ class ControlHandler:
 
     def __init__(self, hub, ids: sse.EventIds, log, settings, runtime, status: Callable[[], dict],
                  client_list: Callable[[], list], history, client_table: Callable[[], list],
-                 metrics_text: Callable[[], str]):
+                 metrics_text: Callable[[], str], kick: Optional[Callable[[str, str], int]] = None):
         self.hub = hub
         self.ids = ids
         self.log = log
@@ -258,6 +388,7 @@ class ControlHandler:
         self.history = history            # history.History: what resuming clients get
         self.client_table = client_table  # tcpclientlist's rows
         self.metrics_text = metrics_text  # tcpmetrics' text
+        self.kick = kick                  # kick(kind "id"|"token", value) -> streams closed
 
     def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
         if isinstance(item, Oversize):
@@ -306,6 +437,8 @@ class ControlHandler:
         elif name == "reinit_disable":
             runtime.reinit = False
             log.out("Reinit disabled.")
+        elif name in ("kick", "kicktoken"):
+            self._kick(name, cmd.arg, channel)
         else:
             return self._tcp_command(cmd, channel, can_reply)
         return None
@@ -321,6 +454,11 @@ class ControlHandler:
             reply = {"clients": self.client_table()}
         elif cmd.name == "tcpmetrics":
             reply = None  # plain text, not JSON
+        elif cmd.name in ("tcpkick", "tcpkicktoken"):
+            if not can_reply:
+                self.log.info(f"{channel}: {cmd.name} replies only on the TCP control port; ignored")
+                return None
+            reply = {"kicked": self._kick(cmd.name[3:], cmd.arg, channel)}
         elif cmd.name == "tcpnumberofclients":
             reply = {"numberofclients": len(self.hub.clients)}
         else:  # tcpsubscribedclients
@@ -331,6 +469,15 @@ class ControlHandler:
         if reply is None:
             return self.metrics_text().encode("utf-8")
         return _json_line(reply)
+
+    def _kick(self, name: str, arg: str, channel: str) -> int:
+        """Revocation: close the streams opened with ``id=arg`` (kick) or
+        subscribed to the token ``arg`` (kicktoken)."""
+        if not arg or self.kick is None:
+            return 0
+        kicked = self.kick("id" if name == "kick" else "token", arg)
+        self.log.info(f"{channel}: {name}:{arg[:80]!r} closed {kicked} stream(s)")
+        return kicked
 
     def status_lines(self) -> list:
         from .logs import status_block

@@ -5,6 +5,9 @@
     line two'
     pyhasses-ctl status | count [TOKEN] | clients
     pyhasses-ctl --fifo /run/pyhasses/fifo send room1 hello
+    pyhasses-ctl --socket /run/pyhasses/control.sock kick alice
+    pyhasses-ctl --secret-file /etc/pyhasses/control.secret kicktoken user42
+    pyhasses-ctl token --key /etc/pyhasses/subscriber.key --subscribe user42 --ttl 3600
 
 Owns: the command line and what it prints; exit status 0 on success, 1 when
 the daemon answered an error, 2 for a usage error, 3 when no daemon could be
@@ -20,8 +23,8 @@ import sys
 from typing import Optional
 
 from . import __version__
-from .publish import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, Control, DaemonError,
-                      NotReachable, PublishError)
+from .publish import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, SECRET_ENV, Control, DaemonError,
+                      NotReachable, PublishError, mint_token, read_secret)
 
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
@@ -69,6 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", dest="json_out", action="store_true",
                              help="print the daemon's JSON document instead of a table")
         _channel_options(sub)
+
+    for name, what, text in (("kick", "ID", "close every stream opened with id=ID"),
+                             ("kicktoken", "TOKEN", "close every stream subscribed to TOKEN")):
+        sub = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + "; prints how many.")
+        sub.add_argument("target", metavar=what)
+        _channel_options(sub)
+
+    token = commands.add_parser(
+        "token", help="print a signed token (JWT) for streams or HTTP publishers",
+        description="Print a JWT granting the tokens given, signed with --key: the daemon's HS256 secret "
+                    "file, or the PEM private key whose public half the daemon holds (ES256, RS256).")
+    token.add_argument("--key", metavar="FILE", required=True, help="secret or private key file")
+    token.add_argument("--subscribe", metavar="TOKEN", action="append", default=[],
+                       help="a token (or PREFIX*, or *) streams may subscribe to; may be repeated")
+    token.add_argument("--publish", metavar="TOKEN", action="append", default=[],
+                       help="a token (or PREFIX*, or *) the holder may publish to; may be repeated")
+    token.add_argument("--ttl", metavar="SECONDS", type=float, default=3600,
+                       help="valid this long (default 3600; 0: no expiry)")
     return parser
 
 
@@ -84,6 +105,11 @@ def _channel_options(parser: argparse.ArgumentParser, defaults: bool = False) ->
                         help=f"control port, the daemon's -cp (default {DEFAULT_PORT})")
     parser.add_argument("--fifo", metavar="PATH", default=default(None),
                         help="write to the daemon's FIFO (its -fifo) instead of the TCP port")
+    parser.add_argument("--socket", metavar="PATH", default=default(None),
+                        help="use the daemon's Unix control socket (its --control-socket) instead of the TCP port")
+    parser.add_argument("--secret-file", metavar="FILE", default=default(None),
+                        help=f"send 'auth SECRET' first (the daemon's --control-secret-file); "
+                             f"default: the environment variable {SECRET_ENV}, if set")
     parser.add_argument("--sep", metavar="C", default=default(";"),
                         help="the daemon's -sep delimiter (default ;)")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=default(DEFAULT_TIMEOUT),
@@ -93,11 +119,20 @@ def _channel_options(parser: argparse.ArgumentParser, defaults: bool = False) ->
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return cmd_token(args)
     if args.command == "send" and args.ack and args.fifo:
         parser.error("--ack needs the TCP control port (a FIFO has no reply channel)")
     if len(args.sep) != 1:
         parser.error("--sep takes one character")
-    control = Control(args.host, args.port, args.fifo, args.timeout, args.sep)
+    if args.fifo and args.socket:
+        parser.error("--fifo and --socket name two different channels: give one")
+    try:
+        secret = read_secret(args.secret_file)
+    except PublishError as exc:
+        return _fail(exc, EXIT_USAGE)
+    control = Control(args.host, args.port, args.fifo, args.timeout, args.sep, socket_path=args.socket,
+                      secret=secret)
     try:
         status = COMMANDS[args.command](control, args)
         sys.stdout.flush()  # here, so that a reader gone early is caught below
@@ -185,6 +220,34 @@ def _cell(value) -> str:
     return str(value).replace("\n", " ")
 
 
+def cmd_kick(control: Control, args) -> int:
+    if control.fifo:
+        return _to_log(control, f"kick:{args.target}")
+    print(f"kicked: {control.kick(args.target)}")
+    return EXIT_OK
+
+
+def cmd_kicktoken(control: Control, args) -> int:
+    if control.fifo:
+        return _to_log(control, f"kicktoken:{args.target}")
+    print(f"kicked: {control.kick_token(args.target)}")
+    return EXIT_OK
+
+
+def cmd_token(args) -> int:
+    if not args.subscribe and not args.publish:
+        print("pyhasses-ctl: token: give --subscribe TOKEN and/or --publish TOKEN", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ttl < 0:
+        print("pyhasses-ctl: token: --ttl must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        print(mint_token(args.key, args.subscribe, args.publish, args.ttl or None))
+    except PublishError as exc:
+        return _fail(exc, EXIT_USAGE)
+    return EXIT_OK
+
+
 def _to_log(control: Control, command: str) -> int:
     """Over the FIFO a question cannot be answered: the daemon logs it."""
     control.tell(command)
@@ -196,7 +259,8 @@ def _note(text: str) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"send": cmd_send, "status": cmd_status, "count": cmd_count, "clients": cmd_clients}
+COMMANDS = {"send": cmd_send, "status": cmd_status, "count": cmd_count, "clients": cmd_clients,
+            "kick": cmd_kick, "kicktoken": cmd_kicktoken}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,20 +5,30 @@
     publish("room1", "a;b\\nc", event="chat", ack=True)  # -> {"ok": True, "id": ..., "delivered": 3}
     publish("room1", "hello", fifo="/run/pyhasses/fifo")
 
-``Control`` does the same for several calls and also asks the daemon's
-questions (``status``, ``count``, ``clients``); ``pyhasses-ctl`` is a thin
-command line over it.
+    publish("room1", "hi", socket_path="/run/pyhasses/control.sock")
+    publish("room1", "hi", secret=read_secret("/etc/pyhasses/control.secret"))
 
-Owns: writing one control part (PROTOCOL.md 5 and 5a) to the TCP control port
-or the FIFO, reading the daemon's reply, and turning every way of failing into
+    token = mint_token("/etc/pyhasses/subscriber.key", subscribe=["user42"], ttl=3600)
+    HttpPublisher("https://sse.example.com/publish", token).publish("room1", "hi")
+
+``Control`` does the same for several calls and also asks the daemon's
+questions (``status``, ``count``, ``clients``, ``kick``); ``pyhasses-ctl`` is
+a thin command line over it.
+
+Owns: writing one control part (PROTOCOL.md 5 and 5a) to the TCP control port,
+the Unix control socket or the FIFO (with the ``auth SECRET`` first part of
+PROTOCOL.md 9 when given a secret), reading the daemon's reply, publishing
+over HTTP with a token, minting tokens, and turning every way of failing into
 ``NotReachable`` (nobody listens) or ``DaemonError`` (the daemon said no).
 Must not touch: the daemon's own modules beyond the token syntax of
-``hub.parse_target``; this runs inside web backends, not in the daemon.
+``hub.parse_target`` and the token code of ``auth``; this runs inside web
+backends, not in the daemon.
 """
 
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
 import select
@@ -26,6 +36,7 @@ import socket
 import stat
 import time
 from typing import Iterable, Optional, Union
+from urllib.parse import urlencode, urlsplit
 
 from .hub import RoutingError, parse_target
 
@@ -33,6 +44,8 @@ DEFAULT_HOST = "127.0.0.1"
 #: The control port of README's start command (hasses has no default).
 DEFAULT_PORT = 8085
 DEFAULT_TIMEOUT = 5.0
+#: Where a backend may keep the control secret instead of a file.
+SECRET_ENV = "PYHASSES_CONTROL_SECRET"
 #: Addresses are checked here for syntax only: the daemon knows its own
 #: length limit (at least 128) and answers a JSON message that passes it.
 _ANY_LENGTH = 1 << 30
@@ -122,17 +135,24 @@ class Control:
     when ``fifo`` is given, the FIFO.  Each call uses its own connection."""
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 fifo: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT, separator: str = ";"):
+                 fifo: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT, separator: str = ";",
+                 socket_path: Optional[str] = None, secret: Optional[Union[str, bytes]] = None):
         self.host = host
         self.port = port
         self.fifo = fifo
         self.timeout = timeout
         self.separator = separator
+        self.socket_path = socket_path  # the daemon's --control-socket, instead of the TCP port
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        self.secret = secret            # sent as "auth SECRET" first on the TCP port
 
     @property
     def where(self) -> str:
         if self.fifo:
             return f"FIFO {self.fifo}"
+        if self.socket_path:
+            return f"control socket {self.socket_path}"
         return f"control port [{self.host}]:{self.port}" if ":" in self.host else f"control port {self.host}:{self.port}"
 
     def publish(self, token: str, data: str, *, event: Optional[str] = None,
@@ -179,6 +199,14 @@ class Control:
             return int(self._must("tcpnumberofclients")["numberofclients"])
         return int(self._must(f"tcpsubscribedclients:{token}")["subscribedclients"])
 
+    def kick(self, uniq_id: str) -> int:
+        """Close every stream opened with ``id=uniq_id``; how many."""
+        return int(self._must(f"tcpkick:{uniq_id}")["kicked"])
+
+    def kick_token(self, token: str) -> int:
+        """Close every stream subscribed to ``token``; how many."""
+        return int(self._must(f"tcpkicktoken:{token}")["kicked"])
+
     def clients(self) -> Optional[Union[dict, list]]:
         """The daemon's client list, or None when it only writes one to its log."""
         return self.ask("tcpclientlist")
@@ -197,10 +225,15 @@ class Control:
         input ended)."""
         deadline = time.monotonic() + self.timeout
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock = self._connect()
         except OSError as exc:
-            hint = f" (is pyhasses running with -cp={self.port}?)" if exc.errno == errno.ECONNREFUSED else ""
+            hint = ""
+            if exc.errno == errno.ECONNREFUSED:
+                hint = " (is pyhasses running with --control-socket?)" if self.socket_path else \
+                    f" (is pyhasses running with -cp={self.port}?)"
             raise NotReachable(f"cannot connect to the {self.where}: {_reason(exc)}{hint}") from None
+        if self.secret is not None and not self.socket_path:
+            part = b"auth " + self.secret + b"\n" + part
         with sock:
             try:
                 sock.sendall(part)
@@ -210,6 +243,18 @@ class Control:
                 raise NotReachable(f"the {self.where} did not finish answering within {self.timeout:g} s") from None
             except OSError as exc:
                 raise NotReachable(f"the {self.where} dropped the connection: {_reason(exc)}") from None
+
+    def _connect(self) -> socket.socket:
+        if not self.socket_path:
+            return socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _replies(self, raw: bytes) -> list:
         out = []
@@ -277,6 +322,94 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def read_secret(path: Optional[str] = None) -> Optional[bytes]:
+    """The control secret: the file's content without its trailing line
+    end, else the environment variable PYHASSES_CONTROL_SECRET, else None."""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise PublishError(f"cannot read the secret file {path}: {_reason(exc)}") from None
+        # The daemon's rule: one trailing line end (LF or CRLF) is not part of it.
+        data = data[:-1] if data.endswith(b"\n") else data
+        return data[:-1] if data.endswith(b"\r") else data
+    value = os.environ.get(SECRET_ENV)
+    return value.encode("utf-8") if value else None
+
+
+# -- tokens and HTTP publishing (PROTOCOL.md 9) ----------------------------------
+
+
+def mint_token(key_file: str, subscribe: Iterable[str] = (), publish: Iterable[str] = (),
+               ttl: Optional[float] = 3600) -> str:
+    """A JWT granting ``subscribe`` and ``publish`` for ``ttl`` seconds (None:
+    no expiry), signed with ``key_file``: an HS256 secret, or the PEM
+    private key whose public half the daemon holds (ES256, RS256)."""
+    from . import auth
+
+    try:
+        key = auth.load_key(key_file, private=True)
+        return auth.mint(key, subscribe, publish, ttl)
+    except auth.KeyFileError as exc:
+        raise PublishError(str(exc)) from None
+
+
+class HttpPublisher:
+    """Publishing over HTTP with a token (``--publisher-key`` on the daemon):
+    ``POST`` to its publish URL, one connection kept alive for many calls.
+    For backends on other hosts, where the control port is not reachable."""
+
+    def __init__(self, url: str, token: str, timeout: float = DEFAULT_TIMEOUT, context=None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PublishError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.token = token
+        if parts.scheme == "https":
+            self._conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+        else:
+            self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+    def publish(self, token: Union[str, Iterable[str]], data: str, *, event: Optional[str] = None,
+                except_ids: Union[str, Iterable[str]] = (), retry: Optional[int] = None) -> dict:
+        """Send one message; returns the acknowledgement
+        ``{"ok": True, "id": "...", "delivered": N}``."""
+        fields = [("to", t) for t in ([token] if isinstance(token, str) else token)]
+        fields.append(("data", data))
+        if event is not None:
+            fields.append(("event", event))
+        fields += [("except", e) for e in ([except_ids] if isinstance(except_ids, str) else except_ids)]
+        if retry is not None:
+            fields.append(("retry", str(retry)))
+        body = urlencode(fields).encode("ascii")
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/x-www-form-urlencoded",
+                   "Connection": "keep-alive"}
+        for attempt in (1, 2):
+            try:
+                self._conn.request("POST", self.path, body, headers)
+                response = self._conn.getresponse()
+                text = response.read().decode("utf-8", "replace")
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._conn.close()  # the server ended a kept-alive connection: once more, afresh
+                if attempt == 2:
+                    raise NotReachable(f"{self.url}: {exc}") from None
+            except OSError as exc:
+                self._conn.close()
+                raise NotReachable(f"cannot publish to {self.url}: {_reason(exc)}") from None
+        if response.status != 200:
+            raise DaemonError(f"{self.url} answered {response.status}: {text.strip()[:200]}")
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise DaemonError(f"unexpected reply from {self.url}: {text[:200]!r}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 # -- the one-call helpers ------------------------------------------------------
 
 
@@ -284,10 +417,11 @@ def publish(token: str, data: str, *, event: Optional[str] = None,
             except_ids: Union[str, Iterable[str]] = (), retry: Optional[int] = None,
             ack: bool = False, json_form: bool = False,
             host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, fifo: Optional[str] = None,
-            timeout: float = DEFAULT_TIMEOUT, separator: str = ";") -> Optional[dict]:
+            timeout: float = DEFAULT_TIMEOUT, separator: str = ";", socket_path: Optional[str] = None,
+            secret: Optional[Union[str, bytes]] = None) -> Optional[dict]:
     """Send ``data`` to the subscribers of ``token`` (``PREFIX*`` and ``*``
     work too).  Returns the acknowledgement when ``ack`` is true, else None;
     raises ``NotReachable`` or ``DaemonError``."""
-    control = Control(host, port, fifo, timeout, separator)
+    control = Control(host, port, fifo, timeout, separator, socket_path=socket_path, secret=secret)
     return control.publish(token, data, event=event, except_ids=except_ids, retry=retry,
                            ack=ack, json_form=json_form)

@@ -12,7 +12,9 @@ after detaching, because a forked child must not share its parent's epoll.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import grp
 import os
 import signal
 import socket
@@ -21,10 +23,10 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__, delivery, http, metrics, tls
+from . import __version__, auth, delivery, http, metrics, tls
 from .connections import (ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient,
-                          describe_peer)
-from .control import ControlHandler
+                          describe_peer, peer_credentials)
+from .control import AccessCounters, ControlHandler
 from .flushqueue import FlushQueue
 from .history import History
 from .hub import Hub, subscriptions
@@ -44,6 +46,42 @@ class StartError(Exception):
     """The daemon cannot start; the text says why, for stderr and the log."""
 
 
+@dataclasses.dataclass(frozen=True)
+class AccessSetup:
+    """What the access options name, read at start (before the user
+    changes: the files may be readable by root alone)."""
+
+    subscriber_key: Optional[auth.Key] = None
+    publisher_key: Optional[auth.Key] = None
+    control_secret: Optional[bytes] = None
+
+
+def read_access(settings: Settings) -> AccessSetup:
+    try:
+        sub = auth.load_key(settings.subscriber_key) if settings.subscriber_key else None
+        pub = auth.load_key(settings.publisher_key) if settings.publisher_key else None
+    except auth.KeyFileError as exc:
+        raise StartError(str(exc)) from None
+    secret = None
+    if settings.control_secret_file:
+        secret = read_secret(settings.control_secret_file)
+    return AccessSetup(sub, pub, secret)
+
+
+def read_secret(path: str) -> bytes:
+    """The file's content, its trailing line end stripped; not empty."""
+    try:
+        with open(path, "rb") as f:
+            secret = f.read()
+    except OSError as exc:
+        raise StartError(f"cannot read --control-secret-file {path}: {exc.strerror}") from None
+    secret = secret[:-1] if secret.endswith(b"\n") else secret
+    secret = secret[:-1] if secret.endswith(b"\r") else secret
+    if not secret or b"\n" in secret or b";" in secret:
+        raise StartError(f"--control-secret-file {path}: the secret must be one non-empty line without ';'")
+    return secret
+
+
 class Runtime:
     """What control commands change while running."""
 
@@ -54,8 +92,11 @@ class Runtime:
 class Daemon:
     """The running daemon: what every connection reaches through ``ctx``."""
 
-    def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None):
+    def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None,
+                 access: Optional["AccessSetup"] = None):
         self.settings = settings
+        self.access_setup = access or AccessSetup()  # keys and the control secret, read at start
+        self.access = AccessCounters()
         self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
         self.runtime = Runtime(settings)
@@ -74,7 +115,8 @@ class Daemon:
         self.draining: Optional[delivery.Drain] = None
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
                                       self.status_info, self.client_list_lines, history=self.history,
-                                      client_table=self.client_table, metrics_text=self.metrics_text)
+                                      client_table=self.client_table, metrics_text=self.metrics_text,
+                                      kick=self.kick)
 
     # -- reports ------------------------------------------------------------
     def status_info(self) -> dict:
@@ -100,6 +142,7 @@ class Daemon:
             "msgsendcnt": hub.counters.msgsendcnt,
         }
         info.setdefault("extra", {}).update(self.delivery_status())
+        info["extra"].update(self.access.as_dict())
         self._add_tls_status(info)
         return info
 
@@ -195,9 +238,56 @@ class Daemon:
                            f"{len(result.events)} held event(s) looked at")
 
     def _new_control_client(self, sock, peer):
-        return ControlClient(self, sock, peer)
+        if not self._control_slot(sock, peer):
+            return None
+        return ControlClient(self, sock, peer, secret=self.access_setup.control_secret)
 
-    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=(), ready=None) -> None:
+    def _new_unix_control_client(self, sock, peer):
+        """The Unix socket needs no secret: its file mode says who may connect."""
+        peer = peer_credentials(sock)
+        if not self._control_slot(sock, peer):
+            return None
+        return ControlClient(self, sock, peer, announce=True)
+
+    def _control_slot(self, sock, peer) -> bool:
+        """Below --max-control-clients, or refused with a close at once."""
+        cap = self.settings.max_control_clients
+        if len(self.control_clients) < cap:
+            return True
+        self.access.controlrefused += 1
+        self.log.info(f"Refused control connection {peer}: {cap} already open (--max-control-clients)")
+        sock.close()
+        return False
+
+    def kick(self, kind: str, value: str) -> int:
+        """Close the streams opened with ``id=value`` (kind "id") or
+        subscribed to the token ``value`` (kind "token")."""
+        if kind == "id":
+            found = [c for c in self.hub.streams if c.uniq_id == value]
+        else:
+            found = self.hub.holders(value)
+        for client in found:
+            self.log.info(f"Client <{client.fd}> {client.peer} kicked ({kind} {value[:80]!r})")
+            client.end_stream()
+        self.access.kicked += len(found)
+        return len(found)
+
+    def _end_idle_control(self) -> None:
+        """One sweep for every control connection's idle timeout (a timer
+        reset on every read would cost a busy publisher each time)."""
+        timeout = self.settings.control_idle_timeout
+        self.reactor.call_later(self._idle_sweep_interval(), self._end_idle_control)
+        silent_since = time.monotonic() - timeout
+        for conn in [c for c in self.control_clients if c.last_input <= silent_since and not c.closing]:
+            self.access.controlidle += 1
+            self.log.info(f"Closed communication connection {conn.peer}: silent for {timeout:g} s")
+            conn.close("idle", quiet=True)
+
+    def _idle_sweep_interval(self) -> float:
+        return min(5.0, max(0.05, self.settings.control_idle_timeout / 10))
+
+    def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=(), ready=None,
+              unix_socks=()) -> None:
         """Build the reactor (after any fork) and run until a signal stops it;
         ``ready()`` is called once every descriptor is registered."""
         self.reactor = Reactor(on_error=self.log.error)
@@ -207,6 +297,13 @@ class Daemon:
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.open_ports(sse_socks, control_socks, metrics_socks)
+        for sock in unix_socks:
+            listener = Listener(self, sock, self._new_unix_control_client, f"control socket {self.settings.control_socket}",
+                                priority_input=True)
+            self.listeners.append(listener)
+            self.reactor.register(listener.fd, listener)
+        if self.settings.control_idle_timeout > 0:
+            self.reactor.call_later(self._idle_sweep_interval(), self._end_idle_control)
         if fifo_fd is not None:
             self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
@@ -342,6 +439,39 @@ def _listen(family: int, host: str, port: int, v6only: bool = True) -> socket.so
     return sock
 
 
+def bind_control_socket(path: str, group: Optional[str]) -> socket.socket:
+    """The Unix control socket: mode 0660 from the moment it exists, the
+    group given (or the daemon's).  A stale socket left by a dead daemon is
+    replaced; a live one or any other file is an error."""
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise StartError(f"--control-socket {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: stale
+        else:
+            raise StartError(f"--control-socket {path}: another daemon listens on it")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o660)
+        if group:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot listen on --control-socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    return sock
+
+
 def open_fifo(path: str, mode: int) -> int:
     """Create the FIFO if missing (mode as given, not world-writable by
     default) and open it read-write, so writers closing never end it."""
@@ -439,12 +569,20 @@ def run(settings: Settings) -> int:
         opened += control_socks
         metrics_socks = _bind(settings.metrics, "metrics port") if settings.metrics else []
         opened += metrics_socks
+        access = read_access(settings)
+        unix_socks = []
+        if settings.control_socket:
+            unix_socks = [bind_control_socket(settings.control_socket, settings.control_socket_group)]
+            opened += unix_socks
         if settings.control:
             where = ", ".join(sock_name(s) for s in control_socks)
             if all(_is_loopback(s) for s in control_socks):
                 log.info(f"Control port listens on {where} (loopback only)")
             else:
-                log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
+                if settings.control_secret_file:
+                    log.info(f"Control port listens on {where} (the control secret is required)")
+                else:
+                    log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
         fifo_is_new = bool(settings.fifo) and not os.path.lexists(settings.fifo)
         fifo_fd = open_fifo(settings.fifo, settings.fifo_mode) if settings.fifo else None
         if fifo_fd is not None:
@@ -470,17 +608,29 @@ def run(settings: Settings) -> int:
     except StartError as exc:
         return _fail(log, str(exc), opened, report)
 
-    daemon = Daemon(settings, log, tls_setup)
+    daemon = Daemon(settings, log, tls_setup, access)
     log.info("=== daemon starting ===")
     log.info(f"Pid: {os.getpid()}")
+    if unix_socks:
+        log.info(f"Control socket {settings.control_socket} (mode 0660)")
     try:
-        daemon.serve(sse_socks, control_socks, fifo_fd, metrics_socks, ready=report.ready if report else None)
+        daemon.serve(sse_socks, control_socks, fifo_fd, metrics_socks, ready=report.ready if report else None,
+                     unix_socks=unix_socks)
     finally:
+        if unix_socks:
+            _remove_socket(settings.control_socket, log)
         pidfile.remove(log)
         log.close()
         if daemon_context is not None:
             daemon_context.close()
     return EXIT_OK
+
+
+def _remove_socket(path: str, log: Log) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        log.error(f"Warning: cannot delete control socket {path}: {exc.strerror}")
 
 
 def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:

@@ -85,6 +85,18 @@ class Settings:
     slow_client_policy: str = "disconnect"  # or "drop"
     metrics: Optional[Endpoint] = None  # GET /metrics port
 
+    # -- security: access control (issue 12, PROTOCOL.md 9) --
+    subscriber_key: Optional[str] = None     # key file: streams need a JWT
+    auth_cookie: str = "pyhassesAuthorization"
+    publisher_key: Optional[str] = None      # key file: POST publish_url with a JWT
+    publish_url: str = "/publish"
+    control_socket: Optional[str] = None     # Unix-domain control socket
+    control_socket_group: Optional[str] = None
+    control_secret_file: Optional[str] = None  # TCP control: "auth SECRET" first
+    max_subscriptions: int = 64              # tokens in one stream's subscribe=
+    max_control_clients: int = 256           # open control connections (TCP and Unix)
+    control_idle_timeout: float = 300.0      # close a silent control connection; 0: never
+
     # -- end of fields --
 
     @property
@@ -172,9 +184,10 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("missing -murl=PATH (the URL path SSE clients request)")
     if not s.match_url.startswith("/"):
         raise SettingsError(f"-murl must start with '/': {s.match_url!r}")
-    if s.control is None and not s.fifo:
-        raise SettingsError("need a control channel: -cp=PORT and/or -fifo=PATH")
-    for flag, path in (("-fifo", s.fifo), ("-l", s.logfile), ("-pidfile", s.pidfile)):
+    if s.control is None and not s.fifo and not s.control_socket:
+        raise SettingsError("need a control channel: -cp=PORT and/or -fifo=PATH (or --control-socket=PATH)")
+    for flag, path in (("-fifo", s.fifo), ("-l", s.logfile), ("-pidfile", s.pidfile),
+                       ("--control-socket", s.control_socket)):
         if path and not os.path.isabs(path):
             raise SettingsError(f"{flag} needs an absolute path: {path!r}")
     if len(s.separator) != 1 or s.separator in "\r\n={":
@@ -192,7 +205,24 @@ def validate(s: Settings) -> Settings:
     if s.max_head_bytes < 1024:
         raise SettingsError("--max-head-bytes must be at least 1K")
     validate_delivery(s)
+    validate_security(s)
     return s
+
+
+def validate_security(s: Settings) -> None:
+    if s.publisher_key:
+        if not s.publish_url.startswith("/"):
+            raise SettingsError(f"--publish-url must start with '/': {s.publish_url!r}")
+        if s.publish_url == s.match_url:
+            raise SettingsError("--publish-url must differ from -murl")
+    if not s.auth_cookie or any(c in s.auth_cookie for c in ' ;,="\t'):
+        raise SettingsError(f"--auth-cookie must be a cookie name: {s.auth_cookie!r}")
+    if s.control_socket_group and not s.control_socket:
+        raise SettingsError("--control-socket-group needs --control-socket=PATH")
+    if s.control_secret_file and s.control is None:
+        raise SettingsError("--control-secret-file needs a control port: -cp=PORT")
+    if s.max_control_clients < 1:
+        raise SettingsError("--max-control-clients must be at least 1")
 
 
 def parse_count(text: str) -> int:

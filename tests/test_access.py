@@ -1,0 +1,333 @@
+"""Access control on the control channels and the stream cap, against the
+real daemon over real sockets (issue 12, PROTOCOL.md 9): other protocols
+refused, the Unix control socket, the control secret, kicks,
+--max-subscriptions, the control connection cap and idle timeout, and the
+tools' side (pyhasses-ctl, pyhasses.publish)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import time
+
+import pytest
+
+from pyhasses import auth
+from pyhasses.publish import Control, DaemonError, NotReachable, mint_token, publish
+from support import SseClient, control_exchange, free_port, read_to_close, run_module, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "correct horse battery staple"
+
+
+def status(daemon, prefix=b"") -> dict:
+    return json.loads(control_exchange(daemon.cport, prefix + b"tcpstatus\n"))
+
+
+def unix_exchange(path, data: bytes, timeout=5.0) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return read_to_close(s, timeout)
+
+
+def assert_nothing_published(daemon, stream, prefix=b""):
+    """Nothing reached the stream, and the daemon counts no message."""
+    stream.expect_nothing(0.5)
+    assert status(daemon, prefix)["msgproccnt"] == 0
+
+
+# -- 1. cross-protocol refusal -----------------------------------------------------------
+
+
+def curl(*args):
+    return subprocess.run(["curl", "-s", "-m", "5", "--noproxy", "*", *args], capture_output=True, timeout=20)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl is not installed")
+def test_curl_get_and_post_to_the_control_port_run_nothing(daemon_factory):
+    daemon = daemon_factory()
+    stream = daemon.sse("room1")
+    curl(f"http://127.0.0.1:{daemon.cport}/;room1=x")
+    curl("-X", "POST", "--data", "room1=x", f"http://127.0.0.1:{daemon.cport}/")
+    curl("-X", "post", "--data-binary", "room1=x\n", f"http://127.0.0.1:{daemon.cport}/;room1=y;tcpstatus")
+    assert_nothing_published(daemon, stream)
+    assert status(daemon)["crossprotocol"] == 3
+    daemon.wait_log(r"Refused control connection 127\.0\.0\.1:\d+: an HTTP request on the control channel")
+    daemon.control("room1=real\n")
+    assert stream.read_event()["data"] == "real"
+
+
+def test_a_lower_case_request_split_over_writes_runs_nothing(daemon_factory):
+    daemon = daemon_factory()
+    stream = daemon.sse("room1")
+    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+        for piece in (b"pu", b"t /;room1", b"=x ", b"http/1.1\r\n\r\nroom1=x\n"):
+            s.sendall(piece)
+            time.sleep(0.05)
+        assert read_to_close(s, 5) == b""
+    assert_nothing_published(daemon, stream)
+
+
+def test_a_tls_client_on_the_control_port_is_refused(daemon_factory):
+    daemon = daemon_factory()
+    stream = daemon.sse("room1")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, OSError)):
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"room1=x\n")
+    assert_nothing_published(daemon, stream)
+    assert status(daemon)["crossprotocol"] == 1
+    daemon.wait_log(r"a TLS record on the control channel")
+
+
+# -- 2. the Unix control socket and the secret ------------------------------------------
+
+
+def test_the_unix_socket_speaks_the_control_protocol(daemon_factory, tmp_path):
+    path = str(tmp_path / "control.sock")
+    daemon = daemon_factory(f"--control-socket={path}")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660 and stat.S_ISSOCK(os.stat(path).st_mode)
+    stream = daemon.sse("room1")
+    assert unix_exchange(path, b"room1=over the socket\n") == b""
+    assert stream.read_event()["data"] == "over the socket"
+    reply = json.loads(unix_exchange(path, b"tcpstatus\n"))
+    assert reply["msgproccnt"] == 1
+    ack = json.loads(unix_exchange(path, b'{"to": "room1", "data": "x", "ack": true}\n'))
+    assert ack["ok"] is True and ack["delivered"] == 1
+    daemon.wait_log(rf"Communication connect from unix uid {os.getuid()} pid {os.getpid()} as <\d+>")
+    assert unix_exchange(path, b"GET /;room1=x HTTP/1.1\r\n\r\n") == b""
+    assert json.loads(unix_exchange(path, b"tcpstatus\n"))["crossprotocol"] == 1
+    assert daemon.stop() == 0
+    assert not os.path.exists(path)
+
+
+def test_the_unix_socket_alone_is_a_control_channel(daemon_factory, tmp_path):
+    path = str(tmp_path / "c.sock")
+    daemon = daemon_factory(args=["-nodaemon", "-p=0", "-murl=/sse"], start=False)
+    daemon.args = ["-nodaemon", f"-p={daemon.port}", "-murl=/sse", f"--control-socket={path}"]
+    daemon.start(wait_ready=False)
+    wait_until(lambda: os.path.exists(path) or daemon.proc.poll() is not None, 10, what="the socket")
+    assert Control(socket_path=path).count() == 0
+
+
+def test_a_stale_socket_is_replaced_and_a_regular_file_refused(daemon_factory, tmp_path):
+    path = tmp_path / "c.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    daemon = daemon_factory(f"--control-socket={path}")
+    assert Control(socket_path=str(path)).count() == 0
+    daemon.stop()
+    other = tmp_path / "file"
+    other.write_text("keep me")
+    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"--control-socket={other}")
+    assert r.returncode == 1 and "exists and is not a socket" in r.stderr
+    assert other.read_text() == "keep me"
+
+
+@pytest.fixture
+def secret_daemon(daemon_factory, tmp_path):
+    path = tmp_path / "control.secret"
+    path.write_text(SECRET + "\n")
+    return daemon_factory(f"--control-secret-file={path}")
+
+
+def test_with_a_secret_the_first_part_must_be_auth(secret_daemon):
+    daemon = secret_daemon
+    good = f"auth {SECRET}\n".encode()
+    stream = daemon.sse("room1")
+    assert control_exchange(daemon.cport, b"room1=no auth\n") == b""
+    assert control_exchange(daemon.cport, b"auth wrong\nroom1=bad auth\n") == b""
+    assert control_exchange(daemon.cport, f"auth {SECRET}x\nroom1=longer\n".encode()) == b""
+    assert control_exchange(daemon.cport, b"tcpstatus\n") == b""
+    assert control_exchange(daemon.cport, f"room1=x;auth {SECRET}\n".encode()) == b""
+    stream.expect_nothing(0.5)
+    assert control_exchange(daemon.cport, good) == b""  # a good auth says nothing
+    reply = status(daemon, good)
+    assert reply["msgproccnt"] == 0 and reply["authfailed"] == 5
+    assert control_exchange(daemon.cport, good + b"room1=with auth\n") == b""
+    assert stream.read_event()["data"] == "with auth"
+    daemon.wait_log(r"Refused control connection .*: control secret required: wrong secret")
+
+
+def test_the_tools_send_the_secret_from_a_file_or_the_environment(secret_daemon, tmp_path):
+    daemon = secret_daemon
+    stream = daemon.sse("room1")
+    secret_file = tmp_path / "control.secret"
+    r = run_module("pyhasses.ctl", "--port", str(daemon.cport), "--secret-file", str(secret_file),
+                   "send", "room1", "from ctl")
+    assert r.returncode == 0, r.stderr
+    assert stream.read_event()["data"] == "from ctl"
+    env = dict(os.environ, PYHASSES_CONTROL_SECRET=SECRET)
+    from support import pyhasses_env
+    env.update({k: v for k, v in pyhasses_env().items() if k == "PYTHONPATH"})
+    r = subprocess.run([os.sys.executable, "-m", "pyhasses.ctl", "--port", str(daemon.cport), "count"],
+                       capture_output=True, text=True, env=env, timeout=20)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+    r = run_module("pyhasses.ctl", "--port", str(daemon.cport), "count")
+    assert r.returncode != 0
+    assert publish("room1", "from python", port=daemon.cport, secret=SECRET, ack=True)["delivered"] == 1
+    assert stream.read_event()["data"] == "from python"
+
+
+def test_publish_and_ctl_reach_the_unix_socket(daemon_factory, tmp_path):
+    path = str(tmp_path / "control.sock")
+    daemon = daemon_factory(f"--control-socket={path}")
+    stream = daemon.sse("room1", uniq="alice")
+    assert publish("room1", "via socket", socket_path=path, ack=True)["delivered"] == 1
+    assert stream.read_event()["data"] == "via socket"
+    r = run_module("pyhasses.ctl", "--socket", path, "status")
+    assert r.returncode == 0 and "sseconncli: 1" in r.stdout
+    r = run_module("pyhasses.ctl", "--socket", str(tmp_path / "none.sock"), "status")
+    assert r.returncode == 3 and "control socket" in r.stderr
+
+
+# -- 5. kicks ----------------------------------------------------------------------------
+
+
+def test_kick_commands_close_the_streams_they_name(daemon_factory):
+    daemon = daemon_factory(fifo=True)
+    alice = daemon.sse("room1-user1", uniq="alice")
+    alice2 = daemon.sse("room2", uniq="alice")
+    bob = daemon.sse("room1-user2", uniq="bob")
+    carol = daemon.sse("room3", uniq="carol")
+    assert daemon.control_json("tcpkick:alice") == {"kicked": 2}
+    for s in (alice, alice2):
+        assert s.read_until_closed().endswith(b"0\r\n\r\n")
+    assert daemon.control_json("tcpkick:alice") == {"kicked": 0}
+    assert daemon.control_json("tcpkicktoken:room1") == {"kicked": 1}
+    assert bob.read_until_closed().endswith(b"0\r\n\r\n")
+    daemon.publish_fifo("kicktoken:room3\n")
+    carol.read_until_closed()
+    daemon.wait_clients(0)
+    dave = daemon.sse("room4", uniq="dave")
+    daemon.control("kick:dave\n")
+    dave.read_until_closed()
+    assert status(daemon)["kicked"] == 5
+    daemon.wait_log(r"kicked \(id 'dave'\)")
+
+
+def test_ctl_kicks(daemon_factory):
+    daemon = daemon_factory()
+    a = daemon.sse("news", uniq="a")
+    b = daemon.sse("news", uniq="b")
+    r = run_module("pyhasses.ctl", "--port", str(daemon.cport), "kick", "a")
+    assert r.returncode == 0 and r.stdout.strip() == "kicked: 1"
+    a.read_until_closed()
+    r = run_module("pyhasses.ctl", "--port", str(daemon.cport), "kicktoken", "news")
+    assert r.returncode == 0 and r.stdout.strip() == "kicked: 1"
+    b.read_until_closed()
+
+
+# -- 7. caps -------------------------------------------------------------------------------
+
+
+def request_stream(daemon, tokens) -> bytes:
+    client = SseClient("127.0.0.1", daemon.port)
+    client.request(f"GET /sse?subscribe={'-'.join(tokens)} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+    try:
+        return client.read_head()
+    finally:
+        client.close()
+
+
+def test_max_subscriptions(daemon_factory):
+    daemon = daemon_factory()
+    assert request_stream(daemon, [f"t{i}" for i in range(64)]).startswith(b"HTTP/1.1 200")
+    assert request_stream(daemon, [f"t{i}" for i in range(65)]).startswith(b"HTTP/1.1 400")
+    assert request_stream(daemon, ["same"] * 100).startswith(b"HTTP/1.1 200")
+    small = daemon_factory("--max-subscriptions=2")
+    assert request_stream(small, ["a", "b", "c"]).startswith(b"HTTP/1.1 400")
+    small.wait_log(r"more than 2 tokens")
+
+
+def test_control_connections_have_a_cap(daemon_factory):
+    daemon = daemon_factory("--max-control-clients=2")
+    held = []
+    try:
+        for _ in range(2):
+            # A reply proves the connection holds a slot (the start-up probe's is free again).
+            def accepted():
+                s = socket.create_connection(("127.0.0.1", daemon.cport), timeout=5)
+                s.sendall(b"tcpnumberofclients\n")
+                try:
+                    if s.recv(100).startswith(b'{"numberofclients"'):
+                        return s
+                except OSError:
+                    pass
+                s.close()
+                return None
+
+            held.append(wait_until(accepted, 10, 0.1, "a control slot"))
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as third:
+            third.sendall(b"room1=x\ntcpstatus\n")
+            assert read_to_close(third, 5) == b""
+        daemon.wait_log(r"already open \(--max-control-clients\)")
+    finally:
+        for s in held:
+            s.close()
+    reply = wait_until(lambda: _status_when_free(daemon), 5, what="a free control slot")
+    assert reply["controlrefused"] >= 1 and reply["msgproccnt"] == 0
+
+
+def _status_when_free(daemon):
+    try:
+        return status(daemon)
+    except ValueError:
+        return None
+
+
+def test_a_silent_control_connection_is_closed(daemon_factory):
+    daemon = daemon_factory("--control-idle-timeout=0.5")
+    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+        start = time.monotonic()
+        assert read_to_close(s, 5) == b""
+        assert time.monotonic() - start < 3
+    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as busy:
+        for _ in range(6):  # talking keeps it open past the timeout
+            busy.sendall(b"numberofclients\n")
+            time.sleep(0.2)
+        busy.sendall(b"tcpnumberofclients\n")
+        busy.shutdown(socket.SHUT_WR)
+        assert json.loads(read_to_close(busy, 5)) == {"numberofclients": 0}
+    assert status(daemon)["controlidle"] >= 1
+
+
+# -- 8. tokens from the tools ---------------------------------------------------------------
+
+
+def test_ctl_token_mints_what_the_daemon_side_accepts(tmp_path):
+    key = tmp_path / "secret"
+    key.write_bytes(os.urandom(32).hex().encode() + b"\n")
+    r = run_module("pyhasses.ctl", "token", "--key", str(key), "--subscribe", "room1", "--subscribe", "news*",
+                   "--ttl", "60")
+    assert r.returncode == 0, r.stderr
+    grants = auth.verify(r.stdout.strip(), auth.load_key(str(key)))
+    assert grants.subscribe == ("room1", "news*") and 50 < grants.expires - time.time() <= 60
+    r = run_module("pyhasses.ctl", "token", "--key", str(key), "--publish", "*", "--ttl", "0")
+    assert auth.verify(r.stdout.strip(), auth.load_key(str(key))).expires is None
+    r = run_module("pyhasses.ctl", "token", "--key", str(key))
+    assert r.returncode == 2 and "--subscribe" in r.stderr
+
+
+def test_es256_tokens_need_the_private_key_to_mint(tmp_path):
+    private, public = tmp_path / "key.pem", tmp_path / "pub.pem"
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(private)],
+                   check=True, capture_output=True, timeout=20)
+    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)],
+                   check=True, capture_output=True, timeout=20)
+    token = mint_token(str(private), subscribe=["user42"])
+    assert auth.verify(token, auth.load_key(str(public))).subscribe == ("user42",)
+    r = run_module("pyhasses.ctl", "token", "--key", str(public), "--subscribe", "x")
+    assert r.returncode == 2 and "cannot sign" in r.stderr
