@@ -318,3 +318,32 @@ def test_https_stream_with_a_self_signed_certificate(daemon_factory, chromium, p
     ctl(daemon, "send", "--event", "chat", "room1", "over TLS: ünïcode\nand two lines")
     assert wait_shown(page, 1) == [("chat", "over TLS: ünïcode\nand two lines")]
     assert "mode: unencrypted" not in ctl(daemon, "status").stdout
+
+
+# -- (f) the control port refuses a web page (issue 12) ------------------------------------
+
+
+def test_a_page_cannot_publish_through_the_control_port(daemon_factory, chromium, page_origin):
+    """Any page a browser on the host opens may send a no-cors fetch to the
+    control port; the daemon closes it with nothing run, and the page's own
+    stream receives nothing."""
+    daemon = daemon_factory()
+    page = open_example(chromium(), page_origin, stream_url(daemon))
+    wait_open(page)
+    daemon.wait_clients(1)
+    control = f"http://127.0.0.1:{daemon.cport}"
+    page.evaluate("""async (base) => {
+        const tries = [
+            fetch(base + '/', {method: 'POST', mode: 'no-cors', body: 'room1=x'}),
+            fetch(base + '/;room1=y', {mode: 'no-cors'}),
+            fetch(base + '/', {method: 'POST', mode: 'no-cors', body: 'room1=z\\n',
+                               headers: {'Content-Type': 'text/plain'}}),
+        ];
+        await Promise.allSettled(tries);
+    }""", control)
+    wait_until(lambda: daemon.control_json("tcpstatus")["crossprotocol"] >= 3, 10, what="three refusals")
+    assert daemon.control_json("tcpstatus")["msgproccnt"] == 0
+    ctl(daemon, "send", "room1", "only this")
+    assert wait_shown(page, 1) == [("message", "only this")]
+    time.sleep(0.3)
+    assert shown(page) == [("message", "only this")]
