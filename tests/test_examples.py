@@ -90,3 +90,47 @@ def test_php_example_reports_refusal_and_absence(daemon):
     r = run_example([PHP, "publish.php", "room1", "x"], {"PYHASSES_PORT": str(free_port())})
     assert r.returncode != 0 and "cannot connect" in r.stdout + r.stderr
 
+
+
+def test_cookie_example_sets_a_token_cookie_the_daemon_accepts(tmp_path):
+    """examples/cookie-login.py: the page's response carries an HttpOnly
+    cookie whose token grants that user's token, and nobody else's."""
+    import http.client
+    import signal
+
+    from pyhasses import auth
+    from support import wait_until
+
+    key = tmp_path / "subscriber.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "TTL": "120",
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "cookie-login.py", str(key)], cwd=str(EXAMPLES), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def page():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/?user=42")
+                return conn.getresponse()
+            except OSError:
+                return None
+
+        response = wait_until(page, 15, 0.1, "the example backend")
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie")
+        body = response.read().decode()
+        assert 'new EventSource("/sse?subscribe=user42")' in body
+        name, _, rest = cookie.partition("=")
+        token = rest.split(";")[0]
+        assert name == "pyhassesAuthorization" and "HttpOnly" in cookie and "Path=/sse" in cookie
+        grants = auth.verify(token, auth.load_key(str(key)))
+        assert auth.uncovered(grants.subscribe, ["user42"]) == []
+        assert auth.uncovered(grants.subscribe, ["user43"]) == ["user43"]
+        assert 100 < grants.expires - time.time() <= 120
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
