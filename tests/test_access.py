@@ -60,6 +60,7 @@ def test_curl_get_and_post_to_the_control_port_run_nothing(daemon_factory):
     curl("-X", "post", "--data-binary", "room1=x\n", f"http://127.0.0.1:{daemon.cport}/;room1=y;tcpstatus")
     assert_nothing_published(daemon, stream)
     assert status(daemon)["crossprotocol"] == 3
+    assert "pyhasses_control_cross_protocol_total 3\n" in control_exchange(daemon.cport, b"tcpmetrics\n").decode()
     daemon.wait_log(r"Refused control connection 127\.0\.0\.1:\d+: an HTTP request on the control channel")
     daemon.control("room1=real\n")
     assert stream.read_event()["data"] == "real"
@@ -331,3 +332,60 @@ def test_es256_tokens_need_the_private_key_to_mint(tmp_path):
     assert auth.verify(token, auth.load_key(str(public))).subscribe == ("user42",)
     r = run_module("pyhasses.ctl", "token", "--key", str(public), "--subscribe", "x")
     assert r.returncode == 2 and "cannot sign" in r.stderr
+
+
+# -- the options at start --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, status, text", [
+    (["--control-socket-group=no-such-group-x", "--control-socket=/tmp/x.sock"], 2, "unknown group"),
+    (["--control-socket-group=root"], 2, "needs --control-socket"),
+    (["--control-socket=relative.sock"], 2, "absolute path"),
+    (["--publisher-key=/k", "--publish-url=nope"], 2, "--publish-url must start with '/'"),
+    (["--publisher-key=/k", "--publish-url=/sse"], 2, "must differ from -murl"),
+    (["--auth-cookie=a;b"], 2, "cookie name"),
+    (["--max-control-clients=0"], 2, "at least 1"),
+    (["--max-subscriptions=-1"], 2, "0 or more"),
+    (["--control-idle-timeout=x"], 2, "seconds"),
+])
+def test_bad_access_options_are_usage_errors(args, status, text):
+    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-cp={free_port()}", *args)
+    assert r.returncode == status and text in r.stderr, r.stderr
+
+
+def test_the_secret_file_needs_a_control_port(tmp_path):
+    secret = tmp_path / "s"
+    secret.write_text(SECRET)
+    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-fifo={tmp_path / 'f'}",
+                   f"--control-secret-file={secret}")
+    assert r.returncode == 2 and "needs a control port" in r.stderr
+
+
+@pytest.mark.parametrize("option", ["--subscriber-key", "--publisher-key"])
+def test_an_unusable_key_stops_the_start(tmp_path, option):
+    short = tmp_path / "short"
+    short.write_text("too short\n")
+    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-cp={free_port()}",
+                   f"{option}={short}")
+    assert r.returncode == 1 and "at least 32 bytes" in r.stderr
+    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-cp={free_port()}",
+                   f"{option}={tmp_path / 'missing'}")
+    assert r.returncode == 1 and "cannot read key file" in r.stderr
+
+
+def test_an_empty_or_missing_secret_file_stops_the_start(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path, text in ((empty, "non-empty line"), (tmp_path / "missing", "cannot read")):
+        r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-cp={free_port()}",
+                       f"--control-secret-file={path}")
+        assert r.returncode == 1 and text in r.stderr, r.stderr
+
+
+def test_a_publisher_key_leaves_streams_and_the_control_port_as_they_were(daemon_factory, tmp_path):
+    key = tmp_path / "k"
+    key.write_text(os.urandom(32).hex())
+    daemon = daemon_factory(f"--publisher-key={key}")
+    stream = daemon.sse("room1")
+    daemon.control("room1=x\n")
+    assert stream.read_event()["data"] == "x"

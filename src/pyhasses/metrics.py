@@ -27,6 +27,14 @@ METRICS = (
     ("pyhasses_dropped_events_total", "counter", "droppedevents",
      "Events dropped from full write queues (drop policy)."),
     ("pyhasses_refused_total", "counter", "refused", "Connections answered 503 above the connection cap."),
+    ("pyhasses_control_cross_protocol_total", "counter", "crossprotocol",
+     "Control connections closed for speaking HTTP or TLS, nothing run."),
+    ("pyhasses_control_auth_failed_total", "counter", "authfailed",
+     "Control connections closed without the control secret, nothing run."),
+    ("pyhasses_control_refused_total", "counter", "controlrefused",
+     "Control connections closed above --max-control-clients."),
+    ("pyhasses_control_idle_closed_total", "counter", "controlidle", "Control connections closed for silence."),
+    ("pyhasses_kicked_total", "counter", "kicked", "Streams closed by kick commands."),
     ("pyhasses_uptime_seconds", "gauge", "uptime", "Seconds since the daemon started."),
 )
 
