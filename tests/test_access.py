@@ -69,11 +69,16 @@ def test_curl_get_and_post_to_the_control_port_run_nothing(daemon_factory):
 def test_a_lower_case_request_split_over_writes_runs_nothing(daemon_factory):
     daemon = daemon_factory()
     stream = daemon.sse("room1")
-    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
-        for piece in (b"pu", b"t /;room1", b"=x ", b"http/1.1\r\n\r\nroom1=x\n"):
-            s.sendall(piece)
-            time.sleep(0.05)
-        assert read_to_close(s, 5) == b""
+    for pieces in ((b"br", b"ew /;room1", b"=x ", b"http/1.1\r\n\r\nroom1=x\n"),
+                   (b"pu", b"t /;room1", b"=x\n", b"room1=y\n")):
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+            try:
+                for piece in pieces:
+                    s.sendall(piece)
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused before the rest was sent
+            assert read_to_close(s, 5) == b""
     assert_nothing_published(daemon, stream)
 
 
@@ -389,3 +394,16 @@ def test_a_publisher_key_leaves_streams_and_the_control_port_as_they_were(daemon
     stream = daemon.sse("room1")
     daemon.control("room1=x\n")
     assert stream.read_event()["data"] == "x"
+
+
+def test_the_socket_takes_its_group_and_options_come_from_a_config_file(daemon_factory, tmp_path):
+    import grp
+
+    group = grp.getgrgid(1).gr_name if os.getuid() == 0 else grp.getgrgid(os.getgid()).gr_name
+    path = tmp_path / "control.sock"
+    conf = tmp_path / "pyhasses.conf"
+    conf.write_text(f"# access\n--control-socket {path}\n--control-socket-group={group}\n--max-subscriptions 1\n")
+    daemon = daemon_factory(f"-config={conf}")
+    info = os.stat(path)
+    assert info.st_gid == grp.getgrnam(group).gr_gid and stat.S_IMODE(info.st_mode) == 0o660
+    assert request_stream(daemon, ["a", "b"]).startswith(b"HTTP/1.1 400")

@@ -16,6 +16,8 @@ def gate(secret=None):
     b"GET / HTTP/1.1\r\n", b"GET /;room1=x HTTP/1.1\r\nHost: x\r\n\r\n", b"POST / HTTP/1.1\r\n\r\nroom1=x",
     b"get /x http/1.0\r\n", b"PrOpFiNd * HtTp/1.1\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     b"OPTIONS http://127.0.0.1:8085/ HTTP/1.1\r\n", b"BREW /pot HTTP/1.1",
+    b"\r\n\r\nGET / HTTP/1.1\r\n", b"GET\t/\tHTTP/1.1\r\n", b"GET  /x  HTTP/1.1", b"GET /\r\n",
+    b"post /;room1=x", b"Delete *", b"PUT http://x/", b"CONNECT example.com:443 HTTP/1.1\r\n",
 ])
 def test_an_http_request_line_is_refused(first):
     assert foreign_protocol(first) == HTTP_REQUEST
@@ -30,12 +32,14 @@ def test_a_tls_record_is_refused():
 @pytest.mark.parametrize("first", [
     b"room1=hello", b"room1=GET / HTTP/1.1", b"status\n", b"tcpstatus", b'{"to": "a", "data": "b"}\n',
     b"auth s3cret\n", b"*=all;room1=x", b"kick:alice\n", b"a b\n", b"news*=x HTTP/1.1",
+    b"my room=GET / HTTP/1.1", b"gettoken=x", b"\n\nroom1=x", b"\x16room=x",
 ])
 def test_control_input_passes(first):
     assert foreign_protocol(first, final=True) == ""
 
 
-@pytest.mark.parametrize("start", [b"G", b"GET", b"GET ", b"GET /", b"GET /x ", b"GET /x HT", b"GET /x HTTP"])
+@pytest.mark.parametrize("start", [b"G", b"GET", b"GET ", b"FOO /", b"FOO /x ", b"FOO /x HT", b"FOO /x HTTP",
+                                   b"\r\n", b"\r\nGE"])
 def test_a_request_line_start_waits_for_more(start):
     assert foreign_protocol(start) is None
 
@@ -65,8 +69,8 @@ def test_control_input_flows_unchanged_after_the_gate():
 
 def test_an_undecided_start_is_control_input_at_the_idle_flush():
     g = gate()
-    assert g.feed(b"GET /x") == [] and g.pending == 6
-    assert g.finish() == [b"GET /x"]
+    assert g.feed(b"FOO /x") == [] and g.pending == 6
+    assert g.finish() == [b"FOO /x"]
 
 
 def test_an_endless_request_line_is_refused_at_the_sniff_limit():

@@ -122,11 +122,17 @@ class Framer:
 # the judgement comes before the framer sees anything.
 
 _TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
-#: METHOD SP target SP HTTP/ : any method (a token), any case.
-_HTTP_LINE = re.compile(_TCHAR + rb"+ [^\s]+ [Hh][Tt][Tt][Pp]/")
+#: METHOD SP target SP HTTP/ : any method (a token), any case; lenient
+#: parsers take tabs and runs of blanks, so do we.
+_HTTP_LINE = re.compile(_TCHAR + rb"+[ \t]+[^\s]+[ \t]+[Hh][Tt][Tt][Pp]/")
+#: A method every HTTP library knows, then a target: HTTP even without a
+#: version (HTTP/0.9 style), since such a part is never a control command.
+_KNOWN_METHOD = re.compile(rb"(?i:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND)"
+                           rb"[ \t]+(?:[/*]|(?i:https?)://)")
 #: What may still become such a line with more bytes.
 _HTTP_LINE_START = re.compile(
-    _TCHAR + rb"*\Z|" + _TCHAR + rb"+ [^\s]*\Z|" + _TCHAR + rb"+ [^\s]+ (?:[Hh](?:[Tt](?:[Tt](?:[Pp])?)?)?)?\Z")
+    _TCHAR + rb"*\Z|" + _TCHAR + rb"+[ \t]+[^\s]*\Z|"
+    + _TCHAR + rb"+[ \t]+[^\s]+[ \t]+(?:[Hh](?:[Tt](?:[Tt](?:[Pp])?)?)?)?\Z")
 #: An undecided start longer than this is judged a request line (a control
 #: part never looks like ``WORD SP TARGET`` for this long).
 SNIFF_LIMIT = 16 * 1024
@@ -143,7 +149,11 @@ def foreign_protocol(first: bytes, final: bool = False) -> Optional[str]:
         if len(first) == 1:
             return "" if final else None
         return TLS_RECORD if first[1] == 0x03 else ""
-    if _HTTP_LINE.match(first):
+    # RFC 9112 2.2: empty lines before a request line are allowed.
+    first = first.lstrip(b"\r\n")
+    if not first:
+        return "" if final else None
+    if _HTTP_LINE.match(first) or _KNOWN_METHOD.match(first):
         return HTTP_REQUEST
     if len(first) > SNIFF_LIMIT:
         return HTTP_REQUEST if _HTTP_LINE_START.match(first, 0, SNIFF_LIMIT) else ""
