@@ -38,6 +38,20 @@ def unix_exchange(path, data: bytes, timeout=5.0) -> bytes:
         return read_to_close(s, timeout)
 
 
+def socket_daemon(daemon_factory, path, *extra):
+    """A daemon with a control socket, once the socket answers."""
+    daemon = daemon_factory(f"--control-socket={path}", *extra)
+    wait_until(lambda: _answers(str(path)), 10, 0.05, "the control socket")
+    return daemon
+
+
+def _answers(path) -> bool:
+    try:
+        return b"numberofclients" in unix_exchange(path, b"tcpnumberofclients\n", 2)
+    except OSError:
+        return False
+
+
 def assert_nothing_published(daemon, stream, prefix=b""):
     """Nothing reached the stream, and the daemon counts no message."""
     stream.expect_nothing(0.5)
@@ -102,7 +116,7 @@ def test_a_tls_client_on_the_control_port_is_refused(daemon_factory):
 
 def test_the_unix_socket_speaks_the_control_protocol(daemon_factory, tmp_path):
     path = str(tmp_path / "control.sock")
-    daemon = daemon_factory(f"--control-socket={path}")
+    daemon = socket_daemon(daemon_factory, path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o660 and stat.S_ISSOCK(os.stat(path).st_mode)
     stream = daemon.sse("room1")
     assert unix_exchange(path, b"room1=over the socket\n") == b""
@@ -123,7 +137,7 @@ def test_the_unix_socket_alone_is_a_control_channel(daemon_factory, tmp_path):
     daemon = daemon_factory(args=["-nodaemon", "-p=0", "-murl=/sse"], start=False)
     daemon.args = ["-nodaemon", f"-p={daemon.port}", "-murl=/sse", f"--control-socket={path}"]
     daemon.start(wait_ready=False)
-    wait_until(lambda: os.path.exists(path) or daemon.proc.poll() is not None, 10, what="the socket")
+    wait_until(lambda: _answers(path) or daemon.proc.poll() is not None, 10, what="the socket")
     assert Control(socket_path=path).count() == 0
 
 
@@ -132,7 +146,7 @@ def test_a_stale_socket_is_replaced_and_a_regular_file_refused(daemon_factory, t
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens
-    daemon = daemon_factory(f"--control-socket={path}")
+    daemon = socket_daemon(daemon_factory, path)
     assert Control(socket_path=str(path)).count() == 0
     daemon.stop()
     other = tmp_path / "file"
@@ -189,7 +203,7 @@ def test_the_tools_send_the_secret_from_a_file_or_the_environment(secret_daemon,
 
 def test_publish_and_ctl_reach_the_unix_socket(daemon_factory, tmp_path):
     path = str(tmp_path / "control.sock")
-    daemon = daemon_factory(f"--control-socket={path}")
+    daemon = socket_daemon(daemon_factory, path)
     stream = daemon.sse("room1", uniq="alice")
     assert publish("room1", "via socket", socket_path=path, ack=True)["delivered"] == 1
     assert stream.read_event()["data"] == "via socket"

@@ -439,10 +439,11 @@ def _listen(family: int, host: str, port: int, v6only: bool = True) -> socket.so
     return sock
 
 
-def bind_control_socket(path: str, group: Optional[str]) -> socket.socket:
-    """The Unix control socket: mode 0660 from the moment it exists, the
-    group given (or the daemon's).  A stale socket left by a dead daemon is
-    replaced; a live one or any other file is an error."""
+def bind_control_socket(path: str, group: Optional[str], user: Optional[str] = None) -> socket.socket:
+    """The Unix control socket: mode 0660 from the moment it exists (the
+    umask, so no chmod by path), owned by the run user under ``-user`` and
+    in ``group`` (else the run user's group).  A stale socket left by a dead
+    daemon is replaced; a live one or any other file is an error."""
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise StartError(f"--control-socket {path} exists and is not a socket")
@@ -459,17 +460,36 @@ def bind_control_socket(path: str, group: Optional[str]) -> socket.socket:
     old_umask = os.umask(0o117)
     try:
         sock.bind(path)
-        os.chmod(path, 0o660)
-        if group:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        _give_socket(path, group, user)
         sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
         raise StartError(f"cannot listen on --control-socket {path}: {exc.strerror}") from None
+    except StartError:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
     return sock
+
+
+def _give_socket(path: str, group: Optional[str], user: Optional[str]) -> None:
+    """chown without following a link, and only what is still our socket: a
+    user who can write the directory must not turn a root chown elsewhere."""
+    uid = gid = -1
+    if user:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group:
+        gid = grp.getgrnam(group).gr_gid
+    if uid == -1 and gid == -1:
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise StartError(f"--control-socket {path} was replaced while starting")
+    os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def open_fifo(path: str, mode: int) -> int:
@@ -563,17 +583,18 @@ def run(settings: Settings) -> int:
         pidfile.check()
         tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
+        access = read_access(settings)
+        unix_socks = []
+        if settings.control_socket:
+            # First: once the TCP ports accept, the socket does too.
+            unix_socks = [bind_control_socket(settings.control_socket, settings.control_socket_group, settings.user)]
+            opened += unix_socks
         sse_socks = _bind(settings.sse, "SSE port")
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
         metrics_socks = _bind(settings.metrics, "metrics port") if settings.metrics else []
         opened += metrics_socks
-        access = read_access(settings)
-        unix_socks = []
-        if settings.control_socket:
-            unix_socks = [bind_control_socket(settings.control_socket, settings.control_socket_group)]
-            opened += unix_socks
         if settings.control:
             where = ", ".join(sock_name(s) for s in control_socks)
             if all(_is_loopback(s) for s in control_socks):
