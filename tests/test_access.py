@@ -421,3 +421,52 @@ def test_the_socket_takes_its_group_and_options_come_from_a_config_file(daemon_f
     info = os.stat(path)
     assert info.st_gid == grp.getgrnam(group).gr_gid and stat.S_IMODE(info.st_mode) == 0o660
     assert request_stream(daemon, ["a", "b"]).startswith(b"HTTP/1.1 400")
+
+
+def test_http_publisher_sends_a_form_with_its_token_on_one_kept_connection():
+    """The client side of HTTP publishing (PROTOCOL.md 9), against a small
+    HTTP/1.1 server of the test that records what arrives."""
+    import http.server
+    import threading
+    from urllib.parse import parse_qs
+
+    from pyhasses.publish import HttpPublisher
+
+    seen = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.client_address[1], self.path, self.headers["Authorization"],
+                         self.headers["Content-Type"], parse_qs(body.decode())))
+            status, reply = (200, b'{"ok": true,"id": "7","delivered": 2}\n') if len(seen) < 3 else \
+                (403, b"token does not grant publishing to 'x'\n")
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        publisher = HttpPublisher(f"http://127.0.0.1:{server.server_address[1]}/publish", "TOKEN")
+        assert publisher.publish("room1", "a;b\nc", event="chat", except_ids="alice") == \
+            {"ok": True, "id": "7", "delivered": 2}
+        assert publisher.publish(["room1", "news*"], "two", retry=500)["delivered"] == 2
+        with pytest.raises(DaemonError, match="403: token does not grant"):
+            publisher.publish("x", "y")
+        publisher.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert len({port for port, *_ in seen}) == 1  # keep-alive: one connection
+    assert seen[0][1:4] == ("/publish", "Bearer TOKEN", "application/x-www-form-urlencoded")
+    assert seen[0][4] == {"to": ["room1"], "data": ["a;b\nc"], "event": ["chat"], "except": ["alice"]}
+    assert seen[1][4] == {"to": ["room1", "news*"], "data": ["two"], "retry": ["500"]}
