@@ -380,3 +380,61 @@ def test_the_publish_reply_is_the_acknowledgement_json():
     answer = http.publish_reply(body, b"*")
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\n" + body)
     assert b"Content-Type: application/json\r\n" in answer and b"Connection: close" not in answer
+
+
+# -- what the SSE port's glue asks ---------------------------------------------------
+
+
+def test_body_length():
+    assert auth.body_length(head("POST /publish HTTP/1.1\nContent-Length: 12\n"), 100) == 12
+    assert auth.body_length(head("POST /publish HTTP/1.1\nContent-Length: 101\n"), 100).status == 413
+    assert auth.body_length(head("POST /publish HTTP/1.1\n"), 100).status == 400
+    for value in (b"-1", b"1, 2", b"0x10", b"9" * 30):
+        # httptools refuses most of these already; the check does not rely on it.
+        raw = http.RequestHead(b"POST", b"/publish", "1.1", [(b"content-length", value)], {b"content-length": value})
+        assert auth.body_length(raw, 100).status in (400, 413)
+    assert auth.body_length(head("POST /publish HTTP/1.1\nTransfer-Encoding: chunked\n"), 100).status == 400
+
+
+def test_policy_without_keys_accepts_everything_and_sees_no_publish():
+    policy = auth.AccessPolicy()
+    assert policy.check_stream(stream_head(), ["room1"]) == auth.Accept(None)
+    assert not policy.is_publish(publish_head("x"))
+
+
+def test_policy_with_keys():
+    key = hs_key()
+    policy = auth.AccessPolicy(key, key, "c", "/pub")
+    assert policy.check_stream(stream_head(), ["room1"]).status == 401
+    assert isinstance(policy.check_stream(stream_head(f"Cookie: c={auth.mint(key, ['room1'])}\n"), ["room1"]),
+                      auth.Accept)
+    assert policy.is_publish(head("POST /pub?x=1 HTTP/1.1\n"))
+    assert not policy.is_publish(head("POST /publish HTTP/1.1\n"))
+    assert not policy.is_publish(head("GET /pub HTTP/1.1\n"))
+
+
+def test_expiry_watch_gives_each_stream_once_in_order():
+    watch = auth.ExpiryWatch()
+    a, b, c, d = object(), object(), object(), object()
+    watch.add(a, 10)
+    watch.add(b, 5)
+    watch.add(c, 5)
+    watch.add(d, None)  # no exp: never due
+    assert watch.next_expiry() == 5 and len(watch) == 3
+    assert watch.due(4) == []
+    assert set(watch.due(5)) == {b, c}
+    watch.add(a, 20)  # a renewed stream (re-init with a fresh token)
+    assert watch.due(15) == []
+    watch.discard(a)  # closed before its time
+    assert watch.due(100) == [] and len(watch) == 0 and watch.next_expiry() is None
+
+
+def test_expiry_watch_sweeps_its_dead_entries():
+    watch = auth.ExpiryWatch()
+    streams = [object() for _ in range(1000)]
+    for i, s in enumerate(streams):
+        watch.add(s, i)
+    for s in streams[:900]:
+        watch.discard(s)
+    assert len(watch._heap) <= 2 * len(watch) + 1
+    assert watch.due(2000) == streams[900:]

@@ -17,6 +17,8 @@ reconnects with a fresh cookie anyway.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import json
 import time
 from typing import Iterable, List, Optional, Union
@@ -353,6 +355,96 @@ def _form_to_json(body: bytes) -> Union[str, Deny]:
     if "data" not in obj:
         return Deny(400, 'missing "data"')
     return json.dumps(obj)
+
+
+def body_length(head, limit: int) -> Union[int, Deny]:
+    """How many body bytes an HTTP publish carries (Content-Length), or why
+    it is refused: a publisher must say its length (no chunked bodies), and
+    a body above ``limit`` is 413 before any of it is read."""
+    if head.header(b"transfer-encoding") is not None:
+        return Deny(400, "chunked bodies are not accepted: send Content-Length")
+    value = head.header(b"content-length")
+    if value is None:
+        return Deny(400, "Content-Length required")
+    text = value.strip()
+    if not text.isdigit() or len(text) > 18:
+        return Deny(400, f"bad Content-Length {value[:40]!r}")
+    length = int(text)
+    if length > limit:
+        return Deny(413, f"body of {length} bytes over {limit}")
+    return length
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessPolicy:
+    """The daemon's access settings, read at start, as the SSE port's glue
+    asks them: ``None`` keys mean that check is off (hasses' behaviour)."""
+
+    subscriber_key: Optional[Key] = None
+    publisher_key: Optional[Key] = None
+    cookie_name: str = DEFAULT_COOKIE
+    publish_url: str = DEFAULT_PUBLISH_URL
+
+    def check_stream(self, head, tokens: Iterable[str], query: Optional[dict] = None,
+                     now: Optional[float] = None) -> Union[Accept, Deny]:
+        if self.subscriber_key is None:
+            return Accept(None)
+        return check_stream(head, tokens, self.subscriber_key, self.cookie_name, query, now)
+
+    def is_publish(self, head) -> bool:
+        """A POST to the publish URL, while HTTP publishing is on."""
+        if self.publisher_key is None or head.method != b"POST":
+            return False
+        from .http import origin_form
+
+        return origin_form(head.target).partition(b"?")[0].decode("latin-1") == self.publish_url
+
+
+class ExpiryWatch:
+    """Streams that must end when their token's ``exp`` passes: ``due(now)``
+    gives those whose time has come, each once.  A heap ordered by expiry
+    with lazy removal: a stream that closes first only drops its entry
+    (``discard``), and the heap is swept when its dead entries outnumber
+    the live ones."""
+
+    def __init__(self):
+        self._heap: list = []
+        self._live: dict = {}           # stream -> its entry
+        self._order = itertools.count()  # ties never compare streams
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, stream, expires: Optional[float]) -> None:
+        self.discard(stream)
+        if expires is None:
+            return
+        entry = [expires, next(self._order), stream]
+        self._live[stream] = entry
+        heapq.heappush(self._heap, entry)
+
+    def discard(self, stream) -> None:
+        entry = self._live.pop(stream, None)
+        if entry is not None:
+            entry[2] = None
+            if len(self._heap) > 64 and len(self._heap) > 2 * len(self._live):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+
+    def next_expiry(self) -> Optional[float]:
+        while self._heap and self._heap[0][2] is None:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> list:
+        out = []
+        heap = self._heap
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            _, _, stream = heapq.heappop(heap)
+            if stream is not None:
+                del self._live[stream]
+                out.append(stream)
+        return out
 
 
 # -- minting (tools, tests, backends) ----------------------------------------------

@@ -97,6 +97,9 @@ class Daemon:
         self.settings = settings
         self.access_setup = access or AccessSetup()  # keys and the control secret, read at start
         self.access = AccessCounters()
+        # What the SSE port asks about streams and HTTP publishes (PROTOCOL.md 9).
+        self.policy = auth.AccessPolicy(self.access_setup.subscriber_key, self.access_setup.publisher_key,
+                                        settings.auth_cookie, settings.publish_url)
         self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
         self.runtime = Runtime(settings)
