@@ -401,13 +401,13 @@ def test_an_empty_or_missing_secret_file_stops_the_start(tmp_path):
         assert r.returncode == 1 and text in r.stderr, r.stderr
 
 
-def test_a_publisher_key_leaves_streams_and_the_control_port_as_they_were(daemon_factory, tmp_path):
+@pytest.mark.parametrize("option", ["--subscriber-key", "--publisher-key"])
+def test_a_key_the_sse_port_does_not_enforce_yet_refuses_the_start(tmp_path, option):
+    """Fail closed: a valid key is never accepted and then left unchecked."""
     key = tmp_path / "k"
     key.write_text(os.urandom(32).hex())
-    daemon = daemon_factory(f"--publisher-key={key}")
-    stream = daemon.sse("room1")
-    daemon.control("room1=x\n")
-    assert stream.read_event()["data"] == "x"
+    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-cp={free_port()}", f"{option}={key}")
+    assert r.returncode == 1 and "refusing to start rather than run unchecked" in r.stderr
 
 
 def test_the_socket_takes_its_group_and_options_come_from_a_config_file(daemon_factory, tmp_path):

@@ -143,12 +143,27 @@ def test_alg_none_is_refused(alg):
 
 
 def test_hs256_signed_with_the_public_key_bytes_is_refused():
-    """The classic confusion: an RS/ES key's PEM used as an HMAC secret."""
+    """The classic confusion: the public key's PEM used as an HMAC secret."""
+    import hashlib
+    import hmac
+
     _, pub = pem_pair()
-    token = jwt.encode({"pyhasses": {"subscribe": ["*"]}}, auth.key_from_bytes(pub * 1).key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).hex(), algorithm="HS256")
+    signing_input = f'{_b64({"alg": "HS256", "typ": "JWT"})}.{_b64({"pyhasses": {"subscribe": ["*"]}})}'
+    sig = base64.urlsafe_b64encode(hmac.new(pub, signing_input.encode(), hashlib.sha256).digest()).rstrip(b"=")
     with pytest.raises(auth.Refused, match="not accepted"):
-        auth.verify(token, auth.key_from_bytes(pub))
+        auth.verify(f"{signing_input}.{sig.decode()}", auth.key_from_bytes(pub))
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "1e999", '"soon"', "true"])
+def test_a_non_finite_or_non_numeric_exp_is_refused(exp):
+    import hashlib
+    import hmac
+
+    payload = base64.urlsafe_b64encode(('{"pyhasses": {"subscribe": ["a"]}, "exp": %s}' % exp).encode()).rstrip(b"=")
+    signing_input = f'{_b64({"alg": "HS256", "typ": "JWT"})}.{payload.decode()}'
+    sig = base64.urlsafe_b64encode(hmac.new(SECRET[:-1], signing_input.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    with pytest.raises(auth.Refused):
+        auth.verify(f"{signing_input}.{sig.decode()}", hs_key())
 
 
 def test_another_algorithm_than_the_keys_is_refused():

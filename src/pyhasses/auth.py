@@ -20,6 +20,7 @@ import dataclasses
 import heapq
 import itertools
 import json
+import math
 import time
 from typing import Iterable, List, Optional, Union
 from urllib.parse import parse_qsl
@@ -157,7 +158,8 @@ def _grants(claims: dict, now: float) -> Grants:
     exp = claims.get("exp")
     nbf = claims.get("nbf")
     for name, value in (("exp", exp), ("nbf", nbf)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
             raise Refused(f'"{name}" must be a number')
     if exp is not None and now >= exp:
         raise Refused("token expired")

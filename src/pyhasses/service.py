@@ -56,12 +56,24 @@ class AccessSetup:
     control_secret: Optional[bytes] = None
 
 
+#: Access options whose checks on the SSE port are not wired into the stream
+#: session yet (issue 12 points 3 and 4 wait for the session split).  Until
+#: they are, the daemon refuses to start with them rather than run with a
+#: key it does not enforce: an operator must never believe streams are
+#: checked when they are not.  Empty this once the glue lands.
+NOT_ENFORCED_YET = ("subscriber_key", "publisher_key")
+
+
 def read_access(settings: Settings) -> AccessSetup:
     try:
         sub = auth.load_key(settings.subscriber_key) if settings.subscriber_key else None
         pub = auth.load_key(settings.publisher_key) if settings.publisher_key else None
     except auth.KeyFileError as exc:
         raise StartError(str(exc)) from None
+    for name in NOT_ENFORCED_YET:
+        if getattr(settings, name):
+            raise StartError(f"--{name.replace('_', '-')}: the key is valid, but this build does not check "
+                             "the SSE port with it yet; refusing to start rather than run unchecked")
     secret = None
     if settings.control_secret_file:
         secret = read_secret(settings.control_secret_file)
