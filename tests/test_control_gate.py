@@ -115,3 +115,10 @@ def test_an_oversize_first_part_is_no_secret():
     out = g.feed(b"auth " + b"x" * 40 + b"\n")
     assert isinstance(out[0], Refusal)
     assert not any(isinstance(item, Oversize) for item in out)
+
+
+def test_a_flood_of_empty_lines_is_not_held_forever():
+    g = gate()
+    assert g.feed(b"\r\n" * 100) == []
+    assert g.feed(b"\r\n" * 10000) == [] and g.pending == 0  # judged: control input, empty parts dropped
+    assert g.feed(b"room1=x\n") == [b"room1=x"]

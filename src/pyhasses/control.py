@@ -150,9 +150,11 @@ def foreign_protocol(first: bytes, final: bool = False) -> Optional[str]:
             return "" if final else None
         return TLS_RECORD if first[1] == 0x03 else ""
     # RFC 9112 2.2: empty lines before a request line are allowed.
-    first = first.lstrip(b"\r\n")
-    if not first:
-        return "" if final else None
+    stripped = first.lstrip(b"\r\n")
+    if not stripped:
+        # Empty lines are no request; nor control input, and not held forever.
+        return "" if final or len(first) > SNIFF_LIMIT else None
+    first = stripped
     if _HTTP_LINE.match(first) or _KNOWN_METHOD.match(first):
         return HTTP_REQUEST
     if len(first) > SNIFF_LIMIT:

@@ -76,12 +76,13 @@ def read_access(settings: Settings) -> AccessSetup:
                              "the SSE port with it yet; refusing to start rather than run unchecked")
     secret = None
     if settings.control_secret_file:
-        secret = read_secret(settings.control_secret_file)
+        secret = read_secret(settings.control_secret_file, settings.separator)
     return AccessSetup(sub, pub, secret)
 
 
-def read_secret(path: str) -> bytes:
-    """The file's content, its trailing line end stripped; not empty."""
+def read_secret(path: str, separator: str = ";") -> bytes:
+    """The file's content, its trailing line end stripped; one part: not
+    empty, no line end, no delimiter."""
     try:
         with open(path, "rb") as f:
             secret = f.read()
@@ -89,8 +90,9 @@ def read_secret(path: str) -> bytes:
         raise StartError(f"cannot read --control-secret-file {path}: {exc.strerror}") from None
     secret = secret[:-1] if secret.endswith(b"\n") else secret
     secret = secret[:-1] if secret.endswith(b"\r") else secret
-    if not secret or b"\n" in secret or b";" in secret:
-        raise StartError(f"--control-secret-file {path}: the secret must be one non-empty line without ';'")
+    if not secret or b"\n" in secret or b"\r" in secret or separator.encode() in secret:
+        raise StartError(f"--control-secret-file {path}: the secret must be one non-empty line "
+                         f"without the delimiter {separator!r}")
     return secret
 
 
