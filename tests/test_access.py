@@ -154,6 +154,13 @@ def test_a_stale_socket_is_replaced_and_a_regular_file_refused(daemon_factory, t
     r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"--control-socket={other}")
     assert r.returncode == 1 and "exists and is not a socket" in r.stderr
     assert other.read_text() == "keep me"
+    # A start that fails after the socket was made leaves no socket behind.
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        r = run_module("pyhasses", "-nodaemon", f"-p={busy.getsockname()[1]}", "-murl=/sse",
+                       f"--control-socket={path}")
+    assert r.returncode == 1 and "Address already in use" in r.stderr and not path.exists()
 
 
 @pytest.fixture
@@ -199,6 +206,10 @@ def test_the_tools_send_the_secret_from_a_file_or_the_environment(secret_daemon,
     assert r.returncode != 0
     assert publish("room1", "from python", port=daemon.cport, secret=SECRET, ack=True)["delivered"] == 1
     assert stream.read_event()["data"] == "from python"
+    assert publish("room1", "file", port=daemon.cport, secret_file=str(secret_file), ack=True)["delivered"] == 1
+    assert stream.read_event()["data"] == "file"
+    with pytest.raises(DaemonError):  # no secret: closed without a reply
+        publish("room1", "none", port=daemon.cport, ack=True)
 
 
 def test_publish_and_ctl_reach_the_unix_socket(daemon_factory, tmp_path):

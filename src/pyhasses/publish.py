@@ -6,7 +6,8 @@
     publish("room1", "hello", fifo="/run/pyhasses/fifo")
 
     publish("room1", "hi", socket_path="/run/pyhasses/control.sock")
-    publish("room1", "hi", secret=read_secret("/etc/pyhasses/control.secret"))
+    publish("room1", "hi", secret_file="/etc/pyhasses/control.secret")
+    publish("room1", "hi", secret=read_secret())      # $PYHASSES_CONTROL_SECRET
 
     token = mint_token("/etc/pyhasses/subscriber.key", subscribe=["user42"], ttl=3600)
     HttpPublisher("https://sse.example.com/publish", token).publish("room1", "hi")
@@ -136,7 +137,10 @@ class Control:
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  fifo: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT, separator: str = ";",
-                 socket_path: Optional[str] = None, secret: Optional[Union[str, bytes]] = None):
+                 socket_path: Optional[str] = None, secret: Optional[Union[str, bytes]] = None,
+                 secret_file: Optional[str] = None):
+        if secret is None and secret_file:
+            secret = read_secret(secret_file)
         self.host = host
         self.port = port
         self.fifo = fifo
@@ -418,10 +422,11 @@ def publish(token: str, data: str, *, event: Optional[str] = None,
             ack: bool = False, json_form: bool = False,
             host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, fifo: Optional[str] = None,
             timeout: float = DEFAULT_TIMEOUT, separator: str = ";", socket_path: Optional[str] = None,
-            secret: Optional[Union[str, bytes]] = None) -> Optional[dict]:
+            secret: Optional[Union[str, bytes]] = None, secret_file: Optional[str] = None) -> Optional[dict]:
     """Send ``data`` to the subscribers of ``token`` (``PREFIX*`` and ``*``
     work too).  Returns the acknowledgement when ``ack`` is true, else None;
     raises ``NotReachable`` or ``DaemonError``."""
-    control = Control(host, port, fifo, timeout, separator, socket_path=socket_path, secret=secret)
+    control = Control(host, port, fifo, timeout, separator, socket_path=socket_path, secret=secret,
+                      secret_file=secret_file)
     return control.publish(token, data, event=event, except_ids=except_ids, retry=retry,
                            ack=ack, json_form=json_form)

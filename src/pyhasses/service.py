@@ -596,12 +596,12 @@ def run(settings: Settings) -> int:
             return EXIT_FAILURE
     pidfile = PidFile(settings.pidfile)
     opened: list = []
+    unix_socks: list = []
     try:
         pidfile.check()
         tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
         access = read_access(settings)
-        unix_socks = []
         if settings.control_socket:
             # First: once the TCP ports accept, the socket does too.
             unix_socks = [bind_control_socket(settings.control_socket, settings.control_socket_group, settings.user)]
@@ -630,6 +630,8 @@ def run(settings: Settings) -> int:
 
             give_to_user(settings.fifo, settings.user)
     except StartError as exc:
+        if unix_socks:
+            _remove_socket(settings.control_socket, log)
         return _fail(log, str(exc), opened)
 
     daemon_context = report = None
