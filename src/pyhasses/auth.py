@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import control
+from .http import origin_form, parse_query
 
 DEFAULT_COOKIE = "pyhassesAuthorization"
 DEFAULT_PUBLISH_URL = "/publish"
@@ -232,8 +233,6 @@ def token_of(head, cookie_name: str = DEFAULT_COOKIE, query: Optional[dict] = No
             if eq and name == wanted and val.strip(b'" '):
                 return val.strip(b'" ')
     if query is None:
-        from .http import origin_form, parse_query
-
         query = parse_query(origin_form(head.target).partition(b"?")[2])
     param = query.get("authorization")
     if param:
@@ -397,8 +396,6 @@ class AccessPolicy:
         """A POST to the publish URL, while HTTP publishing is on."""
         if self.publisher_key is None or head.method != b"POST":
             return False
-        from .http import origin_form
-
         return origin_form(head.target).partition(b"?")[0].decode("latin-1") == self.publish_url
 
 
