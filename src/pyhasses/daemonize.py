@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Optional
 
-from .service import StartError
+from .errors import StartError
 
 #: How long the command waits for the detached daemon to say it serves.
 #: Start-up takes well under a second; past this the command stops waiting

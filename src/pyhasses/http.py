@@ -353,6 +353,15 @@ class FixedAnswer:
     reason: str
 
 
+def fixed_answer(answer: FixedAnswer, cors: bytes) -> bytes:
+    """The bytes of a ``FixedAnswer``."""
+    if answer.kind == "head":
+        return head_answer(cors)
+    if answer.kind == "options":
+        return options_answer(cors)
+    return error(answer.status, cors)
+
+
 def origin_form(target: bytes) -> bytes:
     """The path and query of a request target.  RFC 9112 3.2.2: a server
     must accept the absolute form (``http://host/sse?...``), which some
