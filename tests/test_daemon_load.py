@@ -46,7 +46,8 @@ def test_slow_reader_below_limit_keeps_stream_and_order(daemon):
     daemon.wait_clients(1)
     n = 300
     daemon.control("".join(f"s={i}:{'z' * 1000}\n" for i in range(n)))
-    time.sleep(0.5)  # the daemon now holds most of it in the client's queue
+    # The reader is slow for real: the daemon holds part of it in its queue.
+    wait_until(lambda: daemon.control_json("tcpstatus")["queuedbytes"] > 0, what="bytes queued for the reader")
     slow.settimeout(10)
     data = b""
     while data.count(b"\ndata: ") < n:
