@@ -56,9 +56,13 @@ from .sse import LAST_CHUNK
 # States, as the client list shows them (hasses' names).
 NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
 
-#: A stream's lifetime is drawn between these fractions of --stream-lifetime,
-#: so that streams opened together (after a restart) do not all end together.
+#: A stream's lifetime is drawn within this fraction either side of
+#: --stream-lifetime, so that streams opened together (after a restart) do
+#: not all end together.
 LIFETIME_JITTER = 0.1
+#: Lifetimes drawn from: a stream keeps one of these shared float objects
+#: rather than a float of its own (memory per idle stream is counted).
+LIFETIME_STEPS = 64
 
 
 # -- actions ------------------------------------------------------------------
@@ -139,7 +143,7 @@ class StreamRules:
     ``counters`` is the hub's ``Counters``: the drop policy adds to it.
     """
 
-    __slots__ = ("settings", "runtime", "cors", "counters", "oldest_id", "clock", "rng")
+    __slots__ = ("settings", "runtime", "cors", "counters", "oldest_id", "clock", "rng", "_lifetimes")
 
     def __init__(self, settings, runtime, cors: bytes, counters, oldest_id: Callable[[], Optional[int]],
                  clock: Callable[[], float] = time.monotonic, rng: random.Random = random):
@@ -150,35 +154,46 @@ class StreamRules:
         self.oldest_id = oldest_id
         self.clock = clock
         self.rng = rng
+        base, spread = settings.stream_lifetime, 2 * LIFETIME_JITTER / (LIFETIME_STEPS - 1)
+        self._lifetimes = tuple(base * (1 - LIFETIME_JITTER + step * spread) for step in range(LIFETIME_STEPS))
 
     def lifetime(self) -> float:
         """One stream's lifetime: --stream-lifetime, give or take 10 %."""
-        base = self.settings.stream_lifetime
-        return base * (1 - LIFETIME_JITTER + 2 * LIFETIME_JITTER * self.rng.random())
+        return self._lifetimes[int(self.rng.random() * LIFETIME_STEPS)]
 
 
 # -- the session ----------------------------------------------------------------
 class StreamSession:
     """The rules of one connection on the SSE port; see the module docstring."""
 
-    # Slots, and class defaults for what only some streams use: an idle
-    # stream's memory is counted (issue 6: at most 1 KB each).
-    __slots__ = ("rules", "state", "reader", "ends_at", "dropped", "_reset_chunk", "_dropped_since_reset")
+    # An idle stream's memory is counted (issue 6: at most 1 KB each): few
+    # slots, the drop policy's state only once it drops.
+    __slots__ = ("rules", "state", "reader", "began", "lifetime", "_drops")
 
     def __init__(self, rules: StreamRules):
         self.rules = rules
         self.state = NEW
         self.reader: Optional[http.RequestReader] = http.RequestReader(rules.settings.max_head_bytes)
-        #: Monotonic time after which the lifetime sweep ends this stream.
-        self.ends_at = float("inf")
-        #: Events dropped from this stream's queue (drop policy).
-        self.dropped = 0
-        self._reset_chunk = None
-        self._dropped_since_reset = 0
+        #: Monotonic time of the handshake (None before it).
+        self.began: Optional[float] = None
+        #: This stream's lifetime in seconds (one of the rules' shared values).
+        self.lifetime = 0.0
+        #: The drop policy's [reset chunk still queued, events it counts, events dropped in all].
+        self._drops: Optional[list] = None
 
     @property
     def established(self) -> bool:
         return self.state == STREAM
+
+    @property
+    def ends_at(self) -> float:
+        """Monotonic time after which the lifetime sweep ends this stream."""
+        return float("inf") if self.began is None else self.began + self.lifetime
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped from this stream's queue (drop policy)."""
+        return 0 if self._drops is None else self._drops[2]
 
     @property
     def handshake_timeout(self) -> float:
@@ -240,7 +255,8 @@ class StreamSession:
         self.state = STREAM
         self.reader = None  # an idle stream keeps no parser
         rules = self.rules
-        self.ends_at = rules.clock() + rules.lifetime()
+        self.began = rules.clock()
+        self.lifetime = rules.lifetime()
         return Subscribe(request, http.handshake(rules.cors) + delivery.retry_hint(rules.settings.retry))
 
     def _answer(self, decision: http.FixedAnswer) -> Answer:
@@ -258,7 +274,8 @@ class StreamSession:
 
     def expired(self, now: float) -> bool:
         """Has this stream outlived its lifetime at monotonic time ``now``?"""
-        return now >= self.ends_at
+        began = self.began
+        return began is not None and now - began >= self.lifetime
 
     def end(self) -> list:
         """End the stream (lifetime, drain): the chunked body's last chunk,
@@ -277,22 +294,25 @@ class StreamSession:
         ``reset`` event where they were, so the page knows it missed some.
         ``data`` is queued too when it fits then; returns whether it was."""
         counters = self.rules.counters
+        drops = self._drops
+        if drops is None:
+            drops = self._drops = [None, 0, 0]
         held = outbox.unsent(pinned)
-        pending_reset = held if held is not None and held is self._reset_chunk else None
+        pending_reset = held if held is not None and held is drops[0] else None
         keep = pinned + 1 if pending_reset is not None else pinned
         room = len(data) + delivery.RESET_ROOM
         dropped = len(outbox.drop_oldest(keep, room))
         queued = outbox.fits(room)
         if not queued:
             dropped += 1  # this event alone does not fit
-        self.dropped += dropped
+        drops[2] += dropped
         counters.dropped_events += dropped
         if pending_reset is None:
-            self._dropped_since_reset = 0
+            drops[1] = 0
             counters.resets += 1
-        self._dropped_since_reset += dropped
-        self._reset_chunk = delivery.reset_event(self.rules.oldest_id(), "dropped", self._dropped_since_reset)
-        outbox.put(pinned, self._reset_chunk, replace=pending_reset is not None)
+        drops[1] += dropped
+        drops[0] = delivery.reset_event(self.rules.oldest_id(), "dropped", drops[1])
+        outbox.put(pinned, drops[0], replace=pending_reset is not None)
         if queued:
             outbox.append(data)
         return queued

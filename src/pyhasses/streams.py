@@ -28,7 +28,7 @@ class SseClient(Connection):
     ``resume(client, last_id)`` besides the usual."""
 
     __slots__ = ("session", "tokens", "everything", "uniq_id", "established", "messages",
-                 "agent", "connected_at", "handshaked_at", "reinit_count", "_timer", "heartbeat_mark")
+                 "agent", "connected_at", "reinit_count", "_timer", "heartbeat_mark")
     kind = "SSE client"
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
@@ -45,7 +45,6 @@ class SseClient(Connection):
         # The client list's view
         self.agent = ""
         self.connected_at = time.time()
-        self.handshaked_at = 0.0
         self.reinit_count = 0
         self._timer = None
         self._start_handshake_timer()
@@ -60,6 +59,12 @@ class SseClient(Connection):
     @property
     def dropped(self) -> int:
         return self.session.dropped
+
+    @property
+    def handshaked_at(self) -> float:
+        """Wall-clock time of the handshake, 0 before it (the client list's)."""
+        began = self.session.began
+        return 0.0 if began is None else time.time() - (time.monotonic() - began)
 
     def tls_info(self) -> str:
         return ""
@@ -99,7 +104,6 @@ class SseClient(Connection):
         request = action.request
         self.agent = request.agent
         self.ctx.hub.subscribe(self, request.tokens, request.uniq_id)
-        self.handshaked_at = time.time()
         # The lifetime is watched by one sweep over all streams (service),
         # not by a timer each: a timer costs an idle stream ~200 bytes.
         self.ctx.reactor.cancel(self._timer)
