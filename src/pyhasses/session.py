@@ -26,18 +26,22 @@ order:
 ``Close``      close at once, nothing to send
 ``Write``      write ``data`` (the stream's last chunk), then close after it
 
-Where later features go, as additions rather than branches in the glue:
+Where later features go, as additions rather than branches in the glue
+(neither is built):
 
-* a check of the head at the handshake (signed subscriptions, 401/403):
-  ``_admit`` returns an ``http.FixedAnswer`` instead of the request; a
-  stream end at a given monotonic deadline (token expiry): lower
-  ``ends_at`` in ``_establish`` (the lifetime sweep already ends a stream
-  whose ``ends_at`` passed).
-* a second request kind on the SSE port (``POST /publish`` with a body,
-  answered with JSON, keep-alive): ``_on_head`` routes the head; a body
-  state reads ``Content-Length`` bytes in ``receive`` (the state table
-  ``_READERS``), then returns a ``Request`` action; the connection answers
-  through ``respond``, which goes back to reading heads.  Neither is built.
+* A check of the head at the handshake (signed subscriptions, 401/403):
+  ``_admit`` returns an ``http.FixedAnswer`` (with the answer's bytes made
+  by ``http.fixed_answer``) instead of the request.  A stream end at a
+  given monotonic deadline (token expiry): ``expired(now)`` is the one
+  question the lifetime sweep asks, so a deadline kept by the session
+  (set in ``_establish``) is one more comparison there.
+* A second request kind on the SSE port (``POST /publish`` with a
+  ``Content-Length`` body, answered with JSON, keep-alive): ``_on_head``
+  routes the head to a new state, say ``BODY``, whose entry in
+  ``_READERS`` collects the body and returns a new action carrying the
+  head and the body; the connection answers (a ``Write``-like action that
+  does not close) and the session goes back to ``NEW`` for the next head
+  on the same connection.
 
 The hot path (``deliver``, once per recipient per message) stays in the
 connection: an append and a flush registration.  Only a queue that is
@@ -205,13 +209,8 @@ class StreamSession:
     def receive(self, data: bytes) -> list:
         """What the client sent; returns the actions it leads to."""
         actions: list = []
-        while data:
-            if self.state == STREAM:
-                data = self._on_stream_bytes(data, actions)
-            elif self.state == END:
-                return actions  # answered: what follows does not matter
-            else:
-                data = self._on_head_bytes(data, actions)
+        while data and self.state != END:  # answered: what follows does not matter
+            data = self._READERS[self.state](self, data, actions)
         return actions
 
     def _on_stream_bytes(self, data: bytes, actions: list) -> bytes:
@@ -239,6 +238,9 @@ class StreamSession:
         rest = self.reader.rest()
         actions.append(self._on_head(item))
         return rest if self.state == STREAM else b""
+
+    #: Who reads bytes in each state (but END); each returns the bytes left.
+    _READERS = {NEW: _on_head_bytes, HEADER: _on_head_bytes, STREAM: _on_stream_bytes}
 
     def _on_head(self, head: http.RequestHead) -> Action:
         decision = self._admit(head)
