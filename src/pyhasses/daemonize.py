@@ -147,6 +147,7 @@ def _wait_for_report(read_fd: int, child: int, logfile: str) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the start (service.run)
     try:
         line = lines.final(time.monotonic() + READY_TIMEOUT)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the answer is in: finish saying it
     except Interrupted as stop:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a second Ctrl-C must not cut this short
         return _stop_starting_daemon(stop.signum, lines, logfile)
