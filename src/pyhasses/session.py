@@ -14,8 +14,8 @@ from here: subscribing is an action the connection carries out.
 In the manner of h11's ``Connection`` and ``tls.TlsPump``: the connection
 hands over what the client sent (``receive``) and what the clock or the
 daemon says (``handshake_expired``, ``end``, ``expired``); each returns a
-list of actions, small frozen records, which the connection carries out in
-order:
+list of actions, small records, which the connection carries out in order
+(``streams.SseClient`` has one ``_do_<Action>`` method for each):
 
 ``Reinit``     drop the stream's subscriptions, restart the handshake timer
 ``Subscribe``  make this an established stream (``request`` says on what),
@@ -25,13 +25,15 @@ order:
 ``Answer``     write ``data`` (a complete HTTP answer) and close after it
 ``Close``      close at once, nothing to send
 ``Write``      write ``data`` (the stream's last chunk), then close after it
+``Ignored``    bytes on a stream that mean nothing (a debug log line)
 
 Where later features go, as additions rather than branches in the glue
 (neither is built):
 
 * A check of the head at the handshake (signed subscriptions, 401/403):
-  ``_admit`` returns an ``http.FixedAnswer`` (with the answer's bytes made
-  by ``http.fixed_answer``) instead of the request.  A stream end at a
+  ``_admit`` returns an ``http.FixedAnswer`` instead of the request (its
+  bytes come from ``http.fixed_answer``, which then needs the 401 and 403
+  bodies and reasons).  A stream end at a
   given monotonic deadline (token expiry): ``expired(now)`` is the one
   question the lifetime sweep asks, so a deadline kept by the session
   (set in ``_establish``) is one more comparison there.
