@@ -109,7 +109,7 @@ def test_exact_cost_independent_of_other_clients():
     assert [c.name for c in found] == ["c42"]
     subscribed(h, "second", ["t42"])
     found = h.recipients(parse_target("t42", 128))
-    assert found is h._by_token["t42"] and len(found) == 2
+    assert found is h._by_token.members("t42") and len(found) == 2
 
 
 def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
@@ -145,7 +145,8 @@ def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
             expect = sorted(n for n, ts in model.items() if "*" in ts or any(t.startswith(word) for t in ts))
             assert names(h.recipients(parse_target(word + "*", 128))) == expect, (step, word)
             assert h.subscribed_count(word) == sum(word in ts for ts in model.values())
-    assert set(h._by_token) <= set(words)
+    assert {token for token, _ in h._by_token.items()} <= set(words)
+    assert h._by_token._sorted.starting_with("") == sorted(token for token, _ in h._by_token.items())
 
 
 # -- the sorted prefix index (issue 12 point 7) ----------------------------------
@@ -163,7 +164,7 @@ def test_a_prefix_publish_looks_only_at_the_tokens_it_matches():
         __iter__ = keys = values = items
 
     hub = Hub()
-    hub._by_token = NoScan()
+    hub._by_token._by_token = NoScan()
     a = subscribed(hub, "a", ["news1", "other"])
     b = subscribed(hub, "b", ["news2", "newt"])
     c = subscribed(hub, "c", ["new"])
@@ -175,18 +176,18 @@ def test_a_prefix_publish_looks_only_at_the_tokens_it_matches():
     assert set(hub.recipients(parse_target("news*", 128))) == {b, everyone}
 
 
-def test_the_token_index_follows_subscribe_and_unsubscribe():
-    from pyhasses.hub import Hub, TokenIndex
+def test_the_prefix_index_follows_subscribe_and_unsubscribe():
+    from pyhasses.hub import Hub, PrefixIndex
 
     hub = Hub()
     x = subscribed(hub, "x", ["b", "a", "c"])
     y = subscribed(hub, "y", ["a"])
-    assert hub._prefixes.starting_with("") == ["a", "b", "c"]
+    assert hub._by_token._sorted.starting_with("") == ["a", "b", "c"]
     hub.disconnected(x)
-    assert hub._prefixes.starting_with("") == ["a"]
+    assert hub._by_token._sorted.starting_with("") == ["a"]
     hub.disconnected(y)
-    assert len(hub._prefixes) == 0
-    index = TokenIndex()
+    assert len(hub._by_token._sorted) == 0
+    index = PrefixIndex()
     for t in ["ab", "a", "abc", "b", "a\U0010ffff", "\U0010ffff"]:
         index.add(t)
     assert index.starting_with("a") == ["a", "ab", "abc", "a\U0010ffff"]

@@ -1,0 +1,212 @@
+"""The control channels: the TCP control port's connections and the FIFO,
+and what both do with the bytes publishers write.
+
+Owns: framing a writer's bytes into parts (through ``control.Framer``), the
+idle flush of an unterminated tail, running each part through the control
+handler, and sending a TCP writer's replies after the fan-out they answer.
+Must not touch: what a command means (``control``), routing (``hub``).
+The socket calls are ``connections.Connection``'s; the FIFO's ``os.read``
+is here.  ``ctx`` is a ``connections.Wiring`` with ``control`` (the
+``ControlHandler``), ``control_clients`` (the set of open connections) and
+``access`` (the ``control.AccessCounters`` of refused connections) besides
+the usual.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+from .connections import RECV_SIZE, RETRY, Connection
+from .control import Framer, Gate, Refusal
+from .reactor import READABLE
+
+
+class ControlInput:
+    """Control bytes from one writer: framing, the idle flush of an
+    unterminated tail, and running each part.  ``reply`` takes the answer
+    bytes of a TCP writer; the FIFO has nobody to answer."""
+
+    def __init__(self, ctx, channel: str, reply=None, replied=None, refused=None, secret=None):
+        self.ctx = ctx
+        self.channel = channel
+        self.reply = reply
+        self.replied = replied  # called after each run of parts, their events queued
+        self.refused = refused  # a socket's: called with a control.Refusal, nothing of it run
+        self.secret = secret
+        self.framer = self._new_framer()
+        self._idle = None
+
+    def _new_framer(self):
+        framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+        # Sockets can be reached by other protocols (PROTOCOL.md 9); the
+        # FIFO only by those its file mode lets in.
+        return Gate(framer, self.secret) if self.refused is not None else framer
+
+    def feed(self, data: bytes) -> None:
+        self._run(self.framer.feed(data))
+        reactor = self.ctx.reactor
+        reactor.cancel(self._idle)
+        self._idle = None
+        if self.framer.pending:
+            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish)
+
+    def finish(self) -> None:
+        """End of input, or the writer went idle: the tail is a whole part."""
+        self.cancel()
+        self._run(self.framer.finish())
+
+    def cancel(self) -> None:
+        self.ctx.reactor.cancel(self._idle)
+        self._idle = None
+
+    def reset(self) -> None:
+        self.cancel()
+        self.framer = self._new_framer()
+
+    def _run(self, items) -> None:
+        if items and isinstance(items[0], Refusal):
+            self.cancel()
+            self.refused(items[0])
+            return
+        # The events of one read leave joined (Hub.hold), except under the
+        # drop policy, which drops whole queued chunks and counts events.
+        if self.ctx.settings.slow_client_policy == "drop":
+            self._run_items(items)
+        else:
+            hub = self.ctx.hub
+            hub.hold()
+            try:
+                self._run_items(items)
+            finally:
+                hub.release()
+        if self.replied is not None:
+            self.replied()
+
+    def _run_items(self, items) -> None:
+        handle = self.ctx.control.handle
+        can_reply = self.reply is not None
+        for item in items:
+            try:
+                answer = handle(item, self.channel, can_reply)
+            except Exception as exc:
+                # A bug met by one part must not cost the parts after it
+                # (on the FIFO: other publishers' messages).
+                self.ctx.report(f"{self.channel}: internal error {exc!r}; this part dropped", exc)
+                continue
+            if answer is not None and not self.reply(answer):
+                return
+
+
+class ControlClient(Connection):
+    """A publisher on the TCP control port or the Unix control socket."""
+
+    kind = "control client"
+    priority_input = True  # read between the slices of a long fan-out
+
+    def __init__(self, ctx, sock: socket.socket, peer: str, secret=None, announce: bool = False):
+        super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
+        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued,
+                                  refused=self._refused, secret=secret)
+        self.last_input = time.monotonic()  # the idle sweep's clock (service)
+        ctx.control_clients.add(self)
+        text = f"Communication connect from {peer} as <{self.fd}>"
+        if announce:
+            ctx.log.info(text)
+        else:
+            ctx.log.debug(text)
+
+    def on_data(self, data: bytes) -> None:
+        self.last_input = time.monotonic()
+        self.input.feed(data)
+
+    def _refused(self, refusal: Refusal) -> None:
+        """Another protocol, or no secret: closed at once, nothing run."""
+        self.ctx.access.count(refusal.kind)
+        self.ctx.log.info(f"Refused control connection {self.peer}: {refusal.reason}; closed with nothing run")
+        self.close(f"refused ({refusal.kind})", quiet=True)
+
+    def _replies_queued(self) -> None:
+        if len(self.outbox) and not self.closed:
+            self.ctx.flusher.after_slice(self._send_replies)
+
+    def _send_replies(self) -> None:
+        """Replies leave after the first slice of the fan-out of the
+        messages they answer (FlushQueue): "delivered: N" says queued for N,
+        and sent to all of them unless there are more than a slice."""
+        if len(self.outbox) and not self._writing and not self.closed:
+            self.flush()
+
+    def on_eof(self) -> None:
+        """The writer half-closed or closed: its tail is complete; answer
+        what it asked, then close."""
+        self.input.finish()
+        if not self.closed:
+            self.finish_after_eof()
+
+    def _reply(self, answer: bytes) -> bool:
+        """Queue an answer; False once the connection is closed."""
+        if self.closed:
+            return False
+        # One reply may be larger than the limit (tcpclientlist of many
+        # clients); replies piling up unread may not.
+        if len(self.outbox) and not self.outbox.fits(len(answer)):
+            self.close("does not read its replies")
+            return False
+        self.outbox.append(answer)  # sent by _send_replies
+        return True
+
+    def on_closed(self, reason: str, quiet: bool) -> None:
+        self.input.cancel()
+        self.ctx.control_clients.discard(self)
+        if quiet:  # the writer's own close, the usual end
+            self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
+        else:
+            self.ctx.log.info(f"Closed communication connection {self.peer}: {reason}")
+
+
+def peer_credentials(sock: socket.socket) -> str:
+    """``unix uid U pid P`` of a Unix control socket's peer (SO_PEERCRED):
+    who published, for the log."""
+    try:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                            struct.calcsize("3i")))
+    except OSError:
+        return "unix peer (credentials unknown)"
+    return f"unix uid {uid} pid {pid}"
+
+
+class FifoReader:
+    """The control FIFO, opened read-write so that it never reports end of
+    input when a writer closes (hasses does the same)."""
+
+    kind = "FIFO"
+    priority_input = True
+
+    def __init__(self, ctx, fd: int, path: str):
+        self.ctx = ctx
+        self.fd = fd
+        self.path = path
+        self.input = ControlInput(ctx, "fifo")
+        ctx.reactor.register(fd, self, READABLE)
+
+    def on_events(self, mask: int) -> None:
+        try:
+            data = os.read(self.fd, RECV_SIZE)
+        except OSError as exc:
+            if exc.errno in RETRY:
+                return
+            raise
+        if data:
+            self.input.feed(data)
+
+    def on_failure(self, exc: Exception) -> None:
+        self.ctx.report(f"FIFO {self.path}: internal error {exc!r}; input discarded", exc)
+        self.input.reset()
+
+    def close(self) -> None:
+        self.ctx.reactor.unregister(self.fd)
+        self.input.cancel()
+        os.close(self.fd)
