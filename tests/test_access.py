@@ -412,15 +412,6 @@ def test_an_empty_or_missing_secret_file_stops_the_start(tmp_path):
         assert r.returncode == 1 and text in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("option", ["--subscriber-key", "--publisher-key"])
-def test_a_key_the_sse_port_does_not_enforce_yet_refuses_the_start(tmp_path, option):
-    """Fail closed: a valid key is never accepted and then left unchecked."""
-    key = tmp_path / "k"
-    key.write_text(os.urandom(32).hex())
-    r = run_module("pyhasses", "-nodaemon", f"-p={free_port()}", "-murl=/sse", f"-cp={free_port()}", f"{option}={key}")
-    assert r.returncode == 1 and "refusing to start rather than run unchecked" in r.stderr
-
-
 def test_the_socket_takes_its_group_and_options_come_from_a_config_file(daemon_factory, tmp_path):
     import grp
 

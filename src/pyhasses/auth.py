@@ -281,16 +281,24 @@ def bearer(head) -> Optional[bytes]:
     return rest.strip() if scheme.lower() == b"bearer" and rest.strip() else None
 
 
-def check_publish(head, body: bytes, key: Key, max_token_length: int, max_message_bytes: int,
-                  max_part_bytes: int, now: Optional[float] = None) -> Union[Publish, Deny]:
-    """An HTTP publish: the token first (401/403), then the body (400/413)."""
+def publisher(head, key: Key, now: Optional[float] = None) -> Union[Grants, Deny]:
+    """The grants of an HTTP publish's bearer token, or 401: asked at the
+    head, before a body is read, and again with the body."""
     raw = bearer(head)
     if raw is None:
         return Deny(401, "no token (Authorization: Bearer)")
     try:
-        grants = verify(raw, key, now)
+        return verify(raw, key, now)
     except Refused as exc:
         return Deny(401, str(exc))
+
+
+def check_publish(head, body: bytes, key: Key, max_token_length: int, max_message_bytes: int,
+                  max_part_bytes: int, now: Optional[float] = None) -> Union[Publish, Deny]:
+    """An HTTP publish: the token first (401/403), then the body (400/413)."""
+    grants = publisher(head, key, now)
+    if isinstance(grants, Deny):
+        return grants
     if len(body) > max_part_bytes:
         return Deny(413, f"body over {max_part_bytes} bytes")
     parsed = parse_publish_body(head, body, max_token_length, max_message_bytes)

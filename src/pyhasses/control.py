@@ -428,6 +428,11 @@ class ControlHandler:
             return _json_line({"ok": True, "id": str(event_id), "delivered": delivered})
         return None
 
+    def publish(self, msg: Message, channel: str) -> bytes:
+        """An HTTP publish (PROTOCOL.md 9): the same path as a control
+        channel's message (id, fan-out, history, counters), acknowledged."""
+        return self._message(dataclasses.replace(msg, ack=True), channel, True)
+
     def _command(self, cmd: Command, channel: str, can_reply: bool) -> Optional[bytes]:
         log, hub, runtime = self.log, self.hub, self.runtime
         name = cmd.name

@@ -151,7 +151,7 @@ def denied(status: int, reason: str, cors: bytes) -> bytes:
     challenge = b'WWW-Authenticate: Bearer realm="pyhasses"\r\n' if status == 401 else b""
     return b"".join((
         b"HTTP/1.1 %d %s\r\n" % (status, _AUTH_REASONS[status]), http_date(), SERVER,
-        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+        cors_lines(cors),
         challenge,
         b"Content-Length: %d\r\n" % len(body),
         b"Connection: close\r\n",
@@ -380,7 +380,7 @@ class FixedAnswer:
     """Send ``status``'s answer and close; ``reason`` goes to the log."""
 
     status: int  # 200 for HEAD and OPTIONS
-    kind: str    # "head", "options" or "error"
+    kind: str    # "head", "options", "error" or "denied" (access checks, PROTOCOL.md 9)
     reason: str
 
 
@@ -390,6 +390,8 @@ def fixed_answer(answer: FixedAnswer, cors: bytes) -> bytes:
         return head_answer(cors)
     if answer.kind == "options":
         return options_answer(cors)
+    if answer.kind == "denied":  # the access checks': the reason is the body
+        return denied(answer.status, answer.reason, cors)
     return error(answer.status, cors)
 
 

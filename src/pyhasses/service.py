@@ -56,12 +56,10 @@ class AccessSetup:
     control_secret: Optional[bytes] = None
 
 
-#: Access options whose checks on the SSE port are not wired into the stream
-#: session yet (issue 12 points 3 and 4 wait for the session split).  Until
-#: they are, the daemon refuses to start with them rather than run with a
-#: key it does not enforce: an operator must never believe streams are
-#: checked when they are not.  Empty this once the glue lands.
-NOT_ENFORCED_YET = ("subscriber_key", "publisher_key")
+#: Access options the daemon would refuse to start with because nothing
+#: enforces them yet: an operator must never believe something is checked
+#: when it is not.  Empty: the SSE port checks both keys (session.py).
+NOT_ENFORCED_YET: tuple = ()
 
 
 def read_access(settings: Settings) -> AccessSetup:
@@ -94,6 +92,51 @@ def read_secret(path: str, separator: str = ";") -> bytes:
         raise StartError(f"--control-secret-file {path}: the secret must be one non-empty line "
                          f"without the delimiter {separator!r}")
     return secret
+
+
+class TokenExpiry:
+    """Streams that end when their token's exp passes, on one timer armed
+    for the earliest (``auth.ExpiryWatch`` keeps them in order): no sweep
+    over every stream each second, no timer per stream.  Deadlines are
+    monotonic, so a step of the wall clock ends none early."""
+
+    def __init__(self, reactor, fail):
+        self.reactor = reactor
+        self.fail = fail  # fail(client, exc): one stream's error closes that stream
+        self.watch = auth.ExpiryWatch()
+        self._timer = None
+        self._armed_for: Optional[float] = None
+
+    def add(self, client, deadline: float) -> None:
+        self.watch.add(client, deadline)
+        if self._armed_for is None or deadline < self._armed_for:
+            self._arm(deadline)
+
+    def discard(self, client) -> None:
+        if len(self.watch):
+            self.watch.discard(client)
+
+    def _arm(self, deadline: float) -> None:
+        self.reactor.cancel(self._timer)
+        self._armed_for = deadline
+        self._timer = self.reactor.call_later(max(0.0, deadline - time.monotonic()), self._due)
+
+    def _due(self) -> None:
+        self._timer = self._armed_for = None
+        for client in self.watch.due(time.monotonic()):
+            if client.closed or client.closing:
+                continue
+            try:
+                client.lifetime_over()
+            except Exception as exc:
+                self.fail(client, exc)
+        upcoming = self.watch.next_expiry()
+        if upcoming is not None:
+            self._arm(upcoming)
+
+    def close(self) -> None:
+        self.reactor.cancel(self._timer)
+        self._timer = None
 
 
 class Runtime:
@@ -132,6 +175,7 @@ class Daemon:
         self.wiring: Optional[Wiring] = None         # listeners, refused and metrics clients
         self.stream_wiring: Optional[Wiring] = None  # browsers' streams
         self.control_wiring: Optional[Wiring] = None  # control port and FIFO
+        self.expiry: Optional[TokenExpiry] = None    # streams ending at their token's exp
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
         self.draining: Optional[delivery.Drain] = None
@@ -344,8 +388,11 @@ class Daemon:
                       settings=self.settings, hub=self.hub)
         self.wiring = Wiring(**common, cors=self.cors)
         history = self.history
-        rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest)
-        self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume)
+        rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest,
+                            policy=self.policy)
+        self.expiry = TokenExpiry(self.reactor, self.reactor.fail)
+        self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume, publish=self.control.publish,
+                                    expiry=self.expiry)
         self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients,
                                      access=self.access)
 

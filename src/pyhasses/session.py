@@ -26,24 +26,25 @@ list of actions, small records, which the connection carries out in order
 ``Close``      close at once, nothing to send
 ``Write``      write ``data`` (the stream's last chunk), then close after it
 ``Ignored``    bytes on a stream that mean nothing (a debug log line)
+``Publish``    an HTTP publish the token allows: run ``message`` as the
+               control channel runs one, answer ``publish_reply(ack)``,
+               and close after it unless ``keep_alive``
 
-Where later features go, as additions rather than branches in the glue
-(neither is built):
+Access control (PROTOCOL.md 9), as the rules' ``policy`` (an
+``auth.AccessPolicy``) says; with no keys nothing of it runs:
 
-* A check of the head at the handshake (signed subscriptions, 401/403):
-  ``_admit`` returns an ``http.FixedAnswer`` instead of the request (its
-  bytes come from ``http.fixed_answer``, which then needs the 401 and 403
-  bodies and reasons).  A stream end at a
-  given monotonic deadline (token expiry): ``expired(now)`` is the one
-  question the lifetime sweep asks, so a deadline kept by the session
-  (set in ``_establish``) is one more comparison there.
-* A second request kind on the SSE port (``POST /publish`` with a
-  ``Content-Length`` body, answered with JSON, keep-alive): ``_on_head``
-  routes the head to a new state, say ``BODY``, whose entry in
-  ``_READERS`` collects the body and returns a new action carrying the
-  head and the body; the connection answers (a ``Write``-like action that
-  does not close) and the session goes back to ``NEW`` for the next head
-  on the same connection.
+* Signed subscriptions: ``_admit`` asks the policy about a valid stream
+  request; 401 or 403 is an ``Answer`` like any other refusal.  An
+  accepted token's ``exp`` becomes ``token_ends`` (monotonic), which
+  ``expired(now)`` compares as it does the lifetime; the connection also
+  hands it to the daemon's one expiry timer, so the stream ends within
+  moments of ``exp`` however long the lifetime sweep's period.
+* HTTP publishing: a ``POST`` to the publish URL goes to the ``BODY``
+  state, which reads exactly ``Content-Length`` bytes (413 above the part
+  limit before reading any; the token is checked before the body is read,
+  so an unauthenticated client cannot make the daemon hold a body); then
+  ``Publish``, and the session is back in ``NEW`` for the next request on
+  the same connection.
 
 The hot path (``deliver``, once per recipient per message) stays in the
 connection: an append and a flush registration.  Only a queue that is
@@ -56,11 +57,13 @@ import random
 import time
 from typing import Callable, Optional
 
-from . import delivery, http
+from . import auth, delivery, http
 from .sse import LAST_CHUNK
 
 # States, as the client list shows them (hasses' names).
 NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
+#: Reading the body of an HTTP publish.
+BODY = "PUB"
 
 #: A stream's lifetime is drawn within this fraction either side of
 #: --stream-lifetime, so that streams opened together (after a restart) do
@@ -69,6 +72,11 @@ LIFETIME_JITTER = 0.1
 #: Lifetimes drawn from: a stream keeps one of these shared float objects
 #: rather than a float of its own (memory per idle stream is counted).
 LIFETIME_STEPS = 64
+
+
+def _asks_close(head: http.RequestHead) -> bool:
+    value = head.header(b"connection")
+    return value is not None and any(t.strip().lower() == b"close" for t in value.split(b","))
 
 
 # -- actions ------------------------------------------------------------------
@@ -129,6 +137,17 @@ class Write(Action):
         self.data = data
 
 
+class Publish(Action):
+    """Publish ``message`` (a ``control.Message``) and answer with
+    ``StreamSession.publish_reply``; then close unless ``keep_alive``."""
+
+    __slots__ = ("message", "keep_alive")
+
+    def __init__(self, message, keep_alive: bool):
+        self.message = message
+        self.keep_alive = keep_alive
+
+
 class Ignored(Action):
     """Bytes on an established stream that mean nothing (logged at debug)."""
 
@@ -147,12 +166,16 @@ class StreamRules:
     changes it while running (``runtime`` is any object with that flag).
     ``oldest_id`` says the oldest event id held (for ``reset`` events).
     ``counters`` is the hub's ``Counters``: the drop policy adds to it.
+    ``policy`` is the ``auth.AccessPolicy`` (no keys: nothing checked);
+    ``wall`` the wall clock tokens' ``exp`` is compared with.
     """
 
-    __slots__ = ("settings", "runtime", "cors", "counters", "oldest_id", "clock", "rng", "_lifetimes")
+    __slots__ = ("settings", "runtime", "cors", "counters", "oldest_id", "clock", "rng", "policy", "wall",
+                 "_lifetimes")
 
     def __init__(self, settings, runtime, cors: bytes, counters, oldest_id: Callable[[], Optional[int]],
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random = random):
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random = random,
+                 policy: Optional[auth.AccessPolicy] = None, wall: Callable[[], float] = time.time):
         self.settings = settings
         self.runtime = runtime
         self.cors = cors
@@ -160,6 +183,8 @@ class StreamRules:
         self.oldest_id = oldest_id
         self.clock = clock
         self.rng = rng
+        self.policy = policy if policy is not None else auth.AccessPolicy()
+        self.wall = wall
         base, spread = settings.stream_lifetime, 2 * LIFETIME_JITTER / (LIFETIME_STEPS - 1)
         self._lifetimes = tuple(base * (1 - LIFETIME_JITTER + step * spread) for step in range(LIFETIME_STEPS))
 
@@ -174,7 +199,7 @@ class StreamSession:
 
     # An idle stream's memory is counted (issue 6: at most 1 KB each): few
     # slots, the drop policy's state only once it drops.
-    __slots__ = ("rules", "state", "reader", "began", "lifetime", "_drops")
+    __slots__ = ("rules", "state", "reader", "began", "lifetime", "token_ends", "_drops", "_body")
 
     def __init__(self, rules: StreamRules):
         self.rules = rules
@@ -184,6 +209,10 @@ class StreamSession:
         self.began: Optional[float] = None
         #: This stream's lifetime in seconds (one of the rules' shared values).
         self.lifetime = 0.0
+        #: Monotonic time the stream's token expires (None: no token, or no exp).
+        self.token_ends: Optional[float] = None
+        #: While reading an HTTP publish's body: [head, length, bytearray].
+        self._body: Optional[list] = None
         #: The drop policy's [reset chunk still queued, events it counts, events dropped in all].
         self._drops: Optional[list] = None
 
@@ -194,7 +223,10 @@ class StreamSession:
     @property
     def ends_at(self) -> float:
         """Monotonic time after which the lifetime sweep ends this stream."""
-        return float("inf") if self.began is None else self.began + self.lifetime
+        if self.began is None:
+            return float("inf")
+        ends = self.began + self.lifetime
+        return ends if self.token_ends is None else min(ends, self.token_ends)
 
     @property
     def dropped(self) -> int:
@@ -236,13 +268,26 @@ class StreamSession:
             actions.append(self._answer(http.FixedAnswer(item.status, "error", item.reason)))
             return b""
         # Bytes sent with the request are read as if sent after the
-        # handshake: only a new GET under re-init means anything.
+        # handshake: only a new GET under re-init means anything.  After
+        # a publish's head they are its body, and then the next request.
         rest = self.reader.rest()
+        if self.rules.policy.is_publish(item):
+            return self._on_publish_head(item, rest, actions)
         actions.append(self._on_head(item))
         return rest if self.state == STREAM else b""
 
+    def _on_body_bytes(self, data: bytes, actions: list) -> bytes:
+        head, length, body = self._body
+        take = length - len(body)
+        body += data[:take]
+        if len(body) < length:
+            return b""
+        self._body = None
+        actions.append(self._on_publish(head, bytes(body)))
+        return data[take:] if self.state == NEW else b""
+
     #: Who reads bytes in each state (but END); each returns the bytes left.
-    _READERS = {NEW: _on_head_bytes, HEADER: _on_head_bytes, STREAM: _on_stream_bytes}
+    _READERS = {NEW: _on_head_bytes, HEADER: _on_head_bytes, STREAM: _on_stream_bytes, BODY: _on_body_bytes}
 
     def _on_head(self, head: http.RequestHead) -> Action:
         decision = self._admit(head)
@@ -251,9 +296,21 @@ class StreamSession:
         return self._establish(decision)
 
     def _admit(self, head: http.RequestHead):
-        """The head's outcome: a ``StreamRequest`` or a ``FixedAnswer``."""
-        settings = self.rules.settings
-        return http.decide(head, settings.match_url, settings.max_token_length, settings.max_subscriptions)
+        """The head's outcome: a ``StreamRequest`` or a ``FixedAnswer``;
+        under --subscriber-key, a request whose token does not allow it is
+        a 401 or 403 (``token_ends`` is set for one that does)."""
+        rules = self.rules
+        settings = rules.settings
+        decision = http.decide(head, settings.match_url, settings.max_token_length, settings.max_subscriptions)
+        if isinstance(decision, http.FixedAnswer) or rules.policy.subscriber_key is None:
+            return decision
+        now = rules.wall()
+        verdict = rules.policy.check_stream(head, decision.tokens, now=now)
+        if isinstance(verdict, auth.Deny):
+            return http.FixedAnswer(verdict.status, "denied", verdict.reason)
+        if verdict.expires is not None:
+            self.token_ends = rules.clock() + (verdict.expires - now)
+        return decision
 
     def _establish(self, request: http.StreamRequest) -> Subscribe:
         self.state = STREAM
@@ -262,6 +319,43 @@ class StreamSession:
         self.began = rules.clock()
         self.lifetime = rules.lifetime()
         return Subscribe(request, http.handshake(rules.cors) + delivery.retry_hint(rules.settings.retry))
+
+    # -- HTTP publishing ------------------------------------------------------------
+    def _on_publish_head(self, head: http.RequestHead, rest: bytes, actions: list) -> bytes:
+        """A POST to the publish URL: the token first (no body is held for
+        a client without one), then the length (413 before reading)."""
+        rules = self.rules
+        settings = rules.settings
+        verdict = auth.publisher(head, rules.policy.publisher_key, rules.wall())
+        if not isinstance(verdict, auth.Deny):
+            verdict = auth.body_length(head, settings.max_part_bytes)
+        if isinstance(verdict, auth.Deny):
+            actions.append(self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason)))
+            return b""
+        self.state = BODY
+        self.reader = None
+        self._body = [head, verdict, bytearray()]
+        return rest or (b"" if verdict else self._on_body_bytes(b"", actions))
+
+    def _on_publish(self, head: http.RequestHead, body: bytes) -> Action:
+        rules = self.rules
+        settings = rules.settings
+        verdict = auth.check_publish(head, body, rules.policy.publisher_key, settings.max_token_length,
+                                     settings.max_message_bytes, settings.max_part_bytes, rules.wall())
+        if isinstance(verdict, auth.Deny):
+            return self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason))
+        # Back to reading the next request on this connection (keep-alive).
+        self.state = NEW
+        self.reader = http.RequestReader(settings.max_head_bytes)
+        keep_alive = head.version == "1.1" and not _asks_close(head)
+        if not keep_alive:
+            self.state = END
+            self.reader = None
+        return Publish(verdict.message, keep_alive)
+
+    def publish_reply(self, ack: bytes) -> bytes:
+        """The 200 answer carrying a publish's acknowledgement JSON."""
+        return http.publish_reply(ack, self.rules.cors)
 
     def _answer(self, decision: http.FixedAnswer) -> Answer:
         self.state = END
@@ -279,7 +373,14 @@ class StreamSession:
     def expired(self, now: float) -> bool:
         """Has this stream outlived its lifetime at monotonic time ``now``?"""
         began = self.began
-        return began is not None and now - began >= self.lifetime
+        if began is None:
+            return False
+        token_ends = self.token_ends
+        return now - began >= self.lifetime or (token_ends is not None and now >= token_ends)
+
+    def token_expired(self, now: float) -> bool:
+        """Has this stream's token passed its ``exp`` at monotonic ``now``?"""
+        return self.token_ends is not None and now >= self.token_ends
 
     def end(self) -> list:
         """End the stream (lifetime, drain): the chunked body's last chunk,
@@ -288,6 +389,7 @@ class StreamSession:
         was_stream = self.state == STREAM
         self.state = END
         self.reader = None
+        self._body = None
         return [Write(LAST_CHUNK if was_stream else b"")]
 
     # -- a full queue ----------------------------------------------------------

@@ -24,8 +24,11 @@ class SseClient(Connection):
     """A browser's connection: bytes to its ``StreamSession``, the session's
     actions carried out, and the hub's deliveries queued.
 
-    ``ctx`` is a ``Wiring`` with ``rules`` (session.StreamRules) and
-    ``resume(client, last_id)`` besides the usual."""
+    ``ctx`` is a ``Wiring`` with ``rules`` (session.StreamRules),
+    ``resume(client, last_id)``, ``publish(message, channel) -> ack bytes``
+    (an HTTP publish, run as the control channel runs a message) and
+    ``expiry`` (the daemon's ``TokenExpiry``: streams to end at their
+    token's exp) besides the usual."""
 
     __slots__ = ("session", "tokens", "everything", "uniq_id", "established", "messages",
                  "agent", "connected_at", "reinit_count", "_timer", "heartbeat_mark")
@@ -95,6 +98,7 @@ class SseClient(Connection):
 
     def _do_Reinit(self, action) -> None:
         self.ctx.log.info(f"Re-initialize client <{self.fd}> {self.peer}")
+        self.ctx.expiry.discard(self)
         self.ctx.hub.unsubscribe(self)
         self.ctx.hub.counters.reinits += 1
         self.reinit_count += 1
@@ -108,6 +112,8 @@ class SseClient(Connection):
         # not by a timer each: a timer costs an idle stream ~200 bytes.
         self.ctx.reactor.cancel(self._timer)
         self._timer = None
+        if self.session.token_ends is not None:
+            self.ctx.expiry.add(self, self.session.token_ends)
         self.write(action.greeting)
         if request.last_event_id is not None:
             self.ctx.resume(self, request.last_event_id)
@@ -126,6 +132,14 @@ class SseClient(Connection):
         self.ctx.hub.unsubscribe(self)
         self.write(action.data)
         self.close_after_flush()
+
+    def _do_Publish(self, action: session.Publish) -> None:
+        ack = self.ctx.publish(action.message, f"HTTP publish {self.peer}")
+        self.write(self.session.publish_reply(ack))
+        if action.keep_alive:
+            self._start_handshake_timer()  # the next request has the same time
+        else:
+            self.close_after_flush()
 
     def _do_Close(self, action: session.Close) -> None:
         self.close(action.reason)
@@ -174,8 +188,11 @@ class SseClient(Connection):
         self.carry_out(self.session.handshake_expired())
 
     def lifetime_over(self) -> None:
-        """Called by the daemon's lifetime sweep."""
-        self.ctx.log.info(f"Client <{self.fd}> {self.peer} reached its stream lifetime; closing")
+        """Called by the daemon's lifetime sweep and its token expiry timer."""
+        if self.session.token_expired(time.monotonic()):
+            self.ctx.log.info(f"Client <{self.fd}> {self.peer}: its token expired; ending the stream")
+        else:
+            self.ctx.log.info(f"Client <{self.fd}> {self.peer} reached its stream lifetime; closing")
         self.end_stream()
 
     def end_stream(self) -> None:
@@ -184,8 +201,17 @@ class SseClient(Connection):
         self.carry_out(self.session.end())
         self._timer = self.ctx.reactor.call_later(LINGER + 1, self.close, "ended")
 
+    def on_eof(self) -> None:
+        """A publisher that half-closes after its request still gets the
+        answer; a stream's peer that goes is gone."""
+        if not self.established and self.queued_bytes():
+            self.finish_after_eof()
+        else:
+            super().on_eof()
+
     def on_closed(self, reason: str, quiet: bool) -> None:
         self.ctx.reactor.cancel(self._timer)
+        self.ctx.expiry.discard(self)
         self.ctx.hub.disconnected(self)
         if self.ctx.log.informing:
             self.ctx.log.info(f"Closed connection <{self.fd}> {self.peer}: {reason} "
