@@ -208,3 +208,116 @@ def test_an_event_too_big_for_the_queue_is_counted_and_not_queued():
 def test_fixed_answer_bytes_match_http():
     decision = http.FixedAnswer(404, "error", "x")
     assert http.fixed_answer(decision, b"*")[:24] == http.error(404, b"*")[:24]
+
+
+# -- access control (PROTOCOL.md 9) through the session's seams --------------------
+
+KEY = b"k" * 32
+
+
+def make_access(subscriber=True, publisher=True, clock=None, wall=None, **settings):
+    from pyhasses import auth
+
+    key = auth.key_from_bytes(KEY)
+    s = Settings(sse=Endpoint((), 8080), match_url="/sse", **settings)
+    policy = auth.AccessPolicy(key if subscriber else None, key if publisher else None)
+    rules = StreamRules(s, Runtime(), b"https://app.example", Counters(), lambda: None, clock=clock or Clock(),
+                        rng=random.Random(1), policy=policy, wall=wall or (lambda: 1_800_000_000.0))
+    return StreamSession(rules), key
+
+
+def token(key, now=1_800_000_000.0, ttl=60, **grants):
+    from pyhasses import auth
+
+    return auth.mint(key, ttl=ttl, now=now, **grants)
+
+
+def stream_get(tok, tokens=b"a-b"):
+    return (b"GET /sse?subscribe=" + tokens + b" HTTP/1.1\r\nConnection: keep-alive\r\n"
+            b"Authorization: Bearer " + tok.encode() + b"\r\n\r\n")
+
+
+def test_a_stream_without_a_valid_token_is_401_with_the_cors_block():
+    sess, key = make_access()
+    [action] = sess.receive(GET)
+    assert isinstance(action, Answer) and action.status == 401 and sess.state == session.END
+    assert action.data.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b"Access-Control-Allow-Origin: https://app.example\r\nAccess-Control-Allow-Methods: GET\r\n" in action.data
+    assert action.data.endswith(b"\r\n\r\nno token (Authorization: Bearer, the cookie or ?authorization=)\n")
+
+
+def test_a_token_not_covering_every_subscription_is_403():
+    sess, key = make_access()
+    [action] = sess.receive(stream_get(token(key, subscribe=["a"])))
+    assert action.status == 403 and b"'b'" in action.data and b"Access-Control-Allow-Headers" in action.data
+
+
+def test_an_accepted_token_ends_the_stream_at_its_exp_on_the_monotonic_clock():
+    clock = Clock(500.0)
+    sess, key = make_access(clock=clock)
+    [action] = sess.receive(stream_get(token(key, ttl=30, subscribe=["a", "b"])))
+    assert isinstance(action, Subscribe) and sess.token_ends == 530.0
+    assert not sess.expired(529.9) and sess.expired(530.0) and sess.token_expired(530.0)
+    assert sess.ends_at == 530.0
+
+
+def test_without_a_subscriber_key_streams_open_as_before():
+    sess, _ = make_access(subscriber=False)
+    [action] = sess.receive(GET)
+    assert isinstance(action, Subscribe) and sess.token_ends is None
+
+
+def post(tok, body: bytes, ctype=b"application/x-www-form-urlencoded", extra=b""):
+    auth_line = b"Authorization: Bearer " + tok.encode() + b"\r\n" if tok else b""
+    return (b"POST /publish HTTP/1.1\r\nHost: x\r\n" + auth_line + b"Content-Type: " + ctype + b"\r\n" + extra +
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_posts_on_one_connection_each_give_a_publish_and_the_session_waits_for_the_next():
+    sess, key = make_access()
+    tok = token(key, publish=["room*"])
+    data = post(tok, b"to=room1&data=one") + post(tok, b'{"to": "room2", "data": "two"}', b"application/json")
+    actions = []
+    for i in range(0, len(data), 7):  # split anywhere: heads and bodies across reads
+        actions += sess.receive(data[i:i + 7])
+    assert [type(a).__name__ for a in actions] == ["Publish", "Publish"]
+    assert [a.message.data for a in actions] == ["one", "two"] and all(a.keep_alive for a in actions)
+    assert sess.state in (session.NEW, session.HEADER)
+    reply = sess.publish_reply(b'{"ok": true}\n')
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\n{\"ok\": true}\n")
+
+
+def test_connection_close_on_a_publish_ends_the_session_after_the_answer():
+    sess, key = make_access()
+    [action] = sess.receive(post(token(key, publish=["*"]), b"to=a&data=x", extra=b"Connection: close\r\n"))
+    assert isinstance(action, session.Publish) and not action.keep_alive and sess.state == session.END
+
+
+def test_publish_refusals():
+    sess, key = make_access()
+    cases = [
+        (post(None, b"to=a&data=x"), 401),
+        (post("not.a.token", b"to=a&data=x"), 401),
+        (post(token(key, subscribe=["a"]), b"to=a&data=x"), 403),
+        (post(token(key, publish=["a"]), b"to=a&nope=x"), 400),
+        (post(token(key, publish=["a"]), b"to=a&data=x", b"text/plain"), 400),
+        (b"POST /publish HTTP/1.1\r\nAuthorization: Bearer " + token(key, publish=["a"]).encode() +
+         b"\r\nContent-Length: 99999999\r\n\r\n", 413),
+    ]
+    for data, status in cases:
+        sess, _ = make_access()
+        actions = sess.receive(data)
+        assert [(type(a).__name__, a.status) for a in actions] == [("Answer", status)], data
+        assert sess.state == session.END
+
+
+def test_a_publish_without_a_token_is_refused_before_its_body_is_read():
+    sess, key = make_access()
+    [action] = sess.receive(b"POST /publish HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
+    assert action.status == 401 and sess._body is None
+
+
+def test_without_a_publisher_key_a_post_is_501_as_before():
+    sess, key = make_access(publisher=False)
+    [action] = sess.receive(post(token(key, publish=["*"]), b"to=a&data=x"))
+    assert action.status == 501
