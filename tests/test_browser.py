@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, pyhasses_env, run_module, wait_until
+from support import ROOT, free_port, pyhasses_env, run_module, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install '.[test]')")
 
@@ -347,3 +347,60 @@ def test_a_page_cannot_publish_through_the_control_port(daemon_factory, chromium
     assert wait_shown(page, 1) == [("message", "only this")]
     time.sleep(0.3)
     assert shown(page) == [("message", "only this")]
+
+
+# -- (g) signed subscriptions: the cookie flow of examples/cookie-login.py (issue 12) -----------
+
+
+def test_the_example_backends_cookie_opens_a_signed_stream_in_chromium(daemon_factory, chromium, tmp_path):
+    """The example backend logs user 42 in with an HttpOnly cookie; an
+    EventSource on the daemon's origin then carries that cookie (cookies
+    are per host, not per port), so user42's stream opens and user43's is
+    refused for good (a 403 ends an EventSource, no reconnect loop)."""
+    key = tmp_path / "subscriber.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    daemon = daemon_factory(f"--subscriber-key={key}")
+    port = free_port()
+    env = {**pyhasses_env(), "PORT": str(port), "TTL": "120"}
+    backend = subprocess.Popen([sys.executable, "cookie-login.py", str(key)], cwd=str(EXAMPLES), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        context = chromium().new_context()
+        login = context.new_page()
+        login.set_default_timeout(WAIT_MS)
+        wait_until(lambda: _listening(port), 15, 0.05, "the example backend")
+        login.goto(f"http://127.0.0.1:{port}/?user=42")
+        cookies = context.cookies(f"http://127.0.0.1:{daemon.port}/sse")
+        assert [c["name"] for c in cookies] == ["pyhassesAuthorization"] and cookies[0]["httpOnly"]
+        # A page on the daemon's origin (its 404 page will do) opens the streams.
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"http://127.0.0.1:{daemon.port}/")
+        page.evaluate("""() => {
+            window.got = []; window.refused = null;
+            const mine = new EventSource('/sse?subscribe=user42');
+            mine.onmessage = (e) => window.got.push(e.data);
+            const other = new EventSource('/sse?subscribe=user43');
+            other.onerror = () => { window.refused = other.readyState; };
+        }""")
+        page.wait_for_function("window.refused === 2")  # EventSource.CLOSED
+        daemon.wait_clients(1)
+        ctl(daemon, "send", "user42", "for 42 only")
+        ctl(daemon, "send", "user43", "not for this page")
+        page.wait_for_function("window.got.length >= 1")
+        time.sleep(0.2)
+        assert page.evaluate("window.got") == ["for 42 only"]
+        daemon.wait_log(r"token does not grant subscribing to 'user43'; answered 403")
+    finally:
+        backend.terminate()
+        backend.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
