@@ -321,3 +321,16 @@ def test_without_a_publisher_key_a_post_is_501_as_before():
     sess, key = make_access(publisher=False)
     [action] = sess.receive(post(token(key, publish=["*"]), b"to=a&data=x"))
     assert action.status == 501
+
+
+def test_a_reinit_checks_the_new_requests_token_and_keeps_only_its_expiry():
+    from pyhasses import auth
+
+    sess, key = make_access()
+    sess.rules.runtime.reinit = True
+    [first] = sess.receive(stream_get(token(key, ttl=30, subscribe=["a", "b"])))
+    assert isinstance(first, Subscribe) and sess.token_ends is not None
+    actions = sess.receive(stream_get(auth.mint(key, ttl=None, subscribe=["*"])))
+    assert [type(a) for a in actions] == [Reinit, Subscribe] and sess.token_ends is None
+    actions = sess.receive(stream_get(token(key, subscribe=["x"])))
+    assert [type(a) for a in actions] == [Reinit, Answer] and actions[1].status == 403

@@ -256,3 +256,23 @@ def test_a_stream_and_a_publish_may_share_one_key_file(daemon_factory, key_file)
              f"http://127.0.0.1:{daemon.port}/api/push")
     assert json.loads(r.stdout)["ok"] is True
     assert stream.read_event()["data"] == "everyone"
+
+
+def test_the_python_publisher_keeps_publishing_across_the_daemons_idle_close(daemon_factory, key_file):
+    """pyhasses.publish.HttpPublisher against the real daemon: one kept
+    connection; when the daemon closes it after --handshake-timeout of
+    silence, the next publish goes out on a new one."""
+    from pyhasses.publish import HttpPublisher
+
+    daemon = daemon_factory(f"--publisher-key={key_file}", "--handshake-timeout=1")
+    stream = daemon.sse("room1")
+    publisher = HttpPublisher(f"http://127.0.0.1:{daemon.port}/publish", token(key_file, publish=["room1"]))
+    try:
+        assert publisher.publish("room1", "first")["delivered"] == 1
+        assert publisher.publish("room1", "second")["delivered"] == 1
+        daemon.wait_clients(2, established=False)  # the stream and the publisher's connection
+        daemon.wait_clients(1, established=False, timeout=5)  # closed after a second of silence
+        assert publisher.publish("room1", "third")["delivered"] == 1
+    finally:
+        publisher.close()
+    assert [e["data"] for e in stream.read_events(3)] == ["first", "second", "third"]

@@ -302,6 +302,7 @@ class StreamSession:
         rules = self.rules
         settings = rules.settings
         decision = http.decide(head, settings.match_url, settings.max_token_length, settings.max_subscriptions)
+        self.token_ends = None  # a re-init's request brings its own token
         if isinstance(decision, http.FixedAnswer) or rules.policy.subscriber_key is None:
             return decision
         now = rules.wall()
