@@ -276,3 +276,29 @@ def test_the_python_publisher_keeps_publishing_across_the_daemons_idle_close(dae
     finally:
         publisher.close()
     assert [e["data"] for e in stream.read_events(3)] == ["first", "second", "third"]
+
+
+def test_signed_stream_and_kept_alive_publishes_over_https(daemon_factory, key_file, tmp_path):
+    """The recommended set-up for publishers on other hosts: HTTPS.  The
+    same session rules run behind the TLS pump: a signed stream opens, two
+    POSTs on one TLS connection publish to it, a bad token is 401."""
+    from tls_support import TlsSseClient, client_context, selfsigned, ssl_args
+
+    cert, key = selfsigned(tmp_path / "certs")
+    daemon = daemon_factory(*ssl_args(cert, key), f"--subscriber-key={key_file}", f"--publisher-key={key_file}")
+    stream = TlsSseClient("127.0.0.1", daemon.port, cert)
+    stream.request(f"GET /sse?subscribe=room1 HTTP/1.1\r\nConnection: keep-alive\r\n"
+                   f"Authorization: Bearer {token(key_file, subscribe=['room1'])}\r\n\r\n")
+    stream.read_handshake()
+    tok = token(key_file, publish=["room1"])
+    raw = socket.create_connection(("127.0.0.1", daemon.port))
+    with client_context(cert).wrap_socket(raw, server_hostname="localhost") as sock:
+        rest = b""
+        for data in ("one", "two"):
+            sock.sendall(post_bytes(tok, f"to=room1&data={data}".encode()))
+            head, reply, rest = read_response(sock, rest)
+            assert head.startswith("HTTP/1.1 200 OK") and json.loads(reply)["delivered"] == 1
+    assert [e["data"] for e in stream.read_events(2)] == ["one", "two"]
+    r = curl("-m", "5", "--cacert", str(cert), "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer x",
+             "-d", "to=room1&data=x", f"https://localhost:{daemon.port}/publish")
+    assert r.stdout == b"401"
