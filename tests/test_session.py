@@ -334,3 +334,16 @@ def test_a_reinit_checks_the_new_requests_token_and_keeps_only_its_expiry():
     assert [type(a) for a in actions] == [Reinit, Subscribe] and sess.token_ends is None
     actions = sess.receive(stream_get(token(key, subscribe=["x"])))
     assert [type(a) for a in actions] == [Reinit, Answer] and actions[1].status == 403
+
+
+def test_a_publish_that_expects_100_continue_gets_it_once_its_token_and_length_pass():
+    sess, key = make_access()
+    head = post(token(key, publish=["a"]), b"", extra=b"Expect: 100-continue\r\n").replace(
+        b"Content-Length: 0", b"Content-Length: 11")
+    [interim] = sess.receive(head)
+    assert isinstance(interim, session.Interim) and interim.data == b"HTTP/1.1 100 Continue\r\n\r\n"
+    [action] = sess.receive(b"to=a&data=x")
+    assert isinstance(action, session.Publish) and action.message.data == "x"
+    sess, _ = make_access()
+    [refused] = sess.receive(head.replace(b"Authorization: Bearer", b"X-Nothing:"))
+    assert isinstance(refused, Answer) and refused.status == 401

@@ -302,3 +302,18 @@ def test_signed_stream_and_kept_alive_publishes_over_https(daemon_factory, key_f
     r = curl("-m", "5", "--cacert", str(cert), "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer x",
              "-d", "to=room1&data=x", f"https://localhost:{daemon.port}/publish")
     assert r.stdout == b"401"
+
+
+def test_curl_publishes_a_large_message_without_waiting_for_its_expect_timeout(daemon_factory, key_file, tmp_path):
+    """curl asks ``Expect: 100-continue`` above 1 MiB; the daemon answers at
+    once, so the publish does not wait curl's one-second fallback."""
+    daemon = daemon_factory(f"--publisher-key={key_file}", "--max-message-bytes=4194304")
+    stream = daemon.sse("room1")
+    big = tmp_path / "big"
+    big.write_bytes(b"to=room1&data=" + b"y" * (1536 * 1024))
+    started = time.monotonic()
+    r = curl("-m", "10", "-H", f"Authorization: Bearer {token(key_file, publish=['room1'])}", "-H",
+             "Expect: 100-continue", "--expect100-timeout", "5", "--data-binary", f"@{big}",
+             f"http://127.0.0.1:{daemon.port}/publish")
+    assert json.loads(r.stdout)["delivered"] == 1 and time.monotonic() - started < 3
+    assert len(stream.read_event(timeout=10)["data"]) == 1536 * 1024

@@ -26,6 +26,7 @@ list of actions, small records, which the connection carries out in order
 ``Close``      close at once, nothing to send
 ``Write``      write ``data`` (the stream's last chunk), then close after it
 ``Ignored``    bytes on a stream that mean nothing (a debug log line)
+``Interim``    write ``data`` (``100 Continue``) and read on
 ``Publish``    an HTTP publish the token allows: run ``message`` as the
                control channel runs one, answer ``publish_reply(ack)``,
                and close after it unless ``keep_alive``
@@ -79,6 +80,11 @@ def _asks_close(head: http.RequestHead) -> bool:
     return value is not None and any(t.strip().lower() == b"close" for t in value.split(b","))
 
 
+def _expects_continue(head: http.RequestHead) -> bool:
+    value = head.header(b"expect")
+    return value is not None and value.strip().lower() == b"100-continue"
+
+
 # -- actions ------------------------------------------------------------------
 class Action:
     __slots__ = ()
@@ -130,6 +136,15 @@ class Close(Action):
 
 class Write(Action):
     """Write ``data``, then close after it (the stream ends properly)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+class Interim(Action):
+    """Write ``data`` (an interim answer) and go on reading."""
 
     __slots__ = ("data",)
 
@@ -336,7 +351,12 @@ class StreamSession:
         self.state = BODY
         self.reader = None
         self._body = [head, verdict, bytearray()]
-        return rest or (b"" if verdict else self._on_body_bytes(b"", actions))
+        if not verdict and not rest:
+            return self._on_body_bytes(b"", actions)  # an empty body is complete at once
+        if verdict and not rest and _expects_continue(head):
+            # curl asks so above 1 MiB, and would wait a second for it.
+            actions.append(Interim(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        return rest
 
     def _on_publish(self, head: http.RequestHead, body: bytes) -> Action:
         rules = self.rules

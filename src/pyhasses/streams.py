@@ -133,6 +133,9 @@ class SseClient(Connection):
         self.write(action.data)
         self.close_after_flush()
 
+    def _do_Interim(self, action: session.Interim) -> None:
+        self.write(action.data)
+
     def _do_Publish(self, action: session.Publish) -> None:
         ack = self.ctx.publish(action.message, f"HTTP publish {self.peer}")
         self.write(self.session.publish_reply(ack))
