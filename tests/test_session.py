@@ -314,7 +314,7 @@ def test_publish_refusals():
 def test_a_publish_without_a_token_is_refused_before_its_body_is_read():
     sess, key = make_access()
     [action] = sess.receive(b"POST /publish HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
-    assert action.status == 401 and sess._body is None
+    assert action.status == 401 and sess.reader is None
 
 
 def test_without_a_publisher_key_a_post_is_501_as_before():

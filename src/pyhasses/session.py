@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from . import auth, delivery, http
 from .sse import LAST_CHUNK
@@ -78,6 +78,17 @@ LIFETIME_STEPS = 64
 def _asks_close(head: http.RequestHead) -> bool:
     value = head.header(b"connection")
     return value is not None and any(t.strip().lower() == b"close" for t in value.split(b","))
+
+
+class _Body:
+    """An HTTP publish being read: its head, its length, what came so far."""
+
+    __slots__ = ("head", "length", "body")
+
+    def __init__(self, head: http.RequestHead, length: int):
+        self.head = head
+        self.length = length
+        self.body = bytearray()
 
 
 def _expects_continue(head: http.RequestHead) -> bool:
@@ -214,20 +225,20 @@ class StreamSession:
 
     # An idle stream's memory is counted (issue 6: at most 1 KB each): few
     # slots, the drop policy's state only once it drops.
-    __slots__ = ("rules", "state", "reader", "began", "lifetime", "token_ends", "_drops", "_body")
+    __slots__ = ("rules", "state", "reader", "began", "lifetime", "token_ends", "_drops")
 
     def __init__(self, rules: StreamRules):
         self.rules = rules
         self.state = NEW
-        self.reader: Optional[http.RequestReader] = http.RequestReader(rules.settings.max_head_bytes)
+        #: What reads the current state's bytes: the head's reader, or in
+        #: BODY the publish being read (one slot for both: memory per stream).
+        self.reader: Optional[Union[http.RequestReader, _Body]] = http.RequestReader(rules.settings.max_head_bytes)
         #: Monotonic time of the handshake (None before it).
         self.began: Optional[float] = None
         #: This stream's lifetime in seconds (one of the rules' shared values).
         self.lifetime = 0.0
         #: Monotonic time the stream's token expires (None: no token, or no exp).
         self.token_ends: Optional[float] = None
-        #: While reading an HTTP publish's body: [head, length, bytearray].
-        self._body: Optional[list] = None
         #: The drop policy's [reset chunk still queued, events it counts, events dropped in all].
         self._drops: Optional[list] = None
 
@@ -292,13 +303,13 @@ class StreamSession:
         return rest if self.state == STREAM else b""
 
     def _on_body_bytes(self, data: bytes, actions: list) -> bytes:
-        head, length, body = self._body
-        take = length - len(body)
-        body += data[:take]
-        if len(body) < length:
+        reading = self.reader
+        take = reading.length - len(reading.body)
+        reading.body += data[:take]
+        if len(reading.body) < reading.length:
             return b""
-        self._body = None
-        actions.append(self._on_publish(head, bytes(body)))
+        self.reader = None
+        actions.append(self._on_publish(reading.head, bytes(reading.body)))
         return data[take:] if self.state == NEW else b""
 
     #: Who reads bytes in each state (but END); each returns the bytes left.
@@ -349,8 +360,7 @@ class StreamSession:
             actions.append(self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason)))
             return b""
         self.state = BODY
-        self.reader = None
-        self._body = [head, verdict, bytearray()]
+        self.reader = _Body(head, verdict)
         if not verdict and not rest:
             return self._on_body_bytes(b"", actions)  # an empty body is complete at once
         if verdict and not rest and _expects_continue(head):
@@ -410,7 +420,6 @@ class StreamSession:
         was_stream = self.state == STREAM
         self.state = END
         self.reader = None
-        self._body = None
         return [Write(LAST_CHUNK if was_stream else b"")]
 
     # -- a full queue ----------------------------------------------------------
