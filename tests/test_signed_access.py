@@ -92,7 +92,8 @@ def test_refused_tokens_over_the_wire_are_401_with_a_reason(daemon_factory, key_
         assert code == 401 and body and "\n" not in body.strip(), (how, body)
     code, _ = stream_status(daemon, f"subscribe=room1&authorization={bad}")
     assert code == 401
-    assert daemon.control_json("tcpstatus")["sseconncli"] == 0
+    status = daemon.control_json("tcpstatus")
+    assert status["sseconncli"] == 0 and status["streamdenied"] == 3
 
 
 def test_no_token_is_401_and_the_answer_carries_the_cors_block(daemon_factory, key_file):
@@ -234,7 +235,10 @@ def test_publish_refusals_over_the_wire(daemon_factory, key_file, tmp_path):
     code, body = publish_status(daemon, "-H", f"Authorization: Bearer {pub}", "--data-binary", f"@{big}")
     assert code == 413 and "over" in body
     stream.expect_nothing(0.3)
-    assert daemon.control_json("tcpstatus")["msgproccnt"] == 0
+    status = daemon.control_json("tcpstatus")
+    assert status["msgproccnt"] == 0 and status["publishdenied"] == 8
+    metrics = daemon.control("tcpmetrics\n").decode()
+    assert "pyhasses_http_publishes_denied_total 8\n" in metrics and "pyhasses_streams_denied_total 0\n" in metrics
 
 
 def test_without_a_publisher_key_the_publish_url_answers_as_before(daemon_factory, key_file):

@@ -182,6 +182,8 @@ class AccessCounters:
     controlrefused: int = 0     # control connections above --max-control-clients
     controlidle: int = 0        # control connections closed for silence
     kicked: int = 0             # streams closed by kick commands
+    streamdenied: int = 0       # streams answered 401 or 403 (--subscriber-key)
+    publishdenied: int = 0      # HTTP publishes refused (401, 403, 400, 413)
 
     def count(self, kind: str) -> None:
         if kind == "protocol":

@@ -35,6 +35,10 @@ METRICS = (
      "Control connections closed above --max-control-clients."),
     ("pyhasses_control_idle_closed_total", "counter", "controlidle", "Control connections closed for silence."),
     ("pyhasses_kicked_total", "counter", "kicked", "Streams closed by kick commands."),
+    ("pyhasses_streams_denied_total", "counter", "streamdenied",
+     "Stream requests answered 401 or 403 by the token check."),
+    ("pyhasses_http_publishes_denied_total", "counter", "publishdenied",
+     "HTTP publishes refused (401, 403, 400 or 413)."),
     ("pyhasses_uptime_seconds", "gauge", "uptime", "Seconds since the daemon started."),
 )
 

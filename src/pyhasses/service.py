@@ -389,7 +389,7 @@ class Daemon:
         self.wiring = Wiring(**common, cors=self.cors)
         history = self.history
         rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest,
-                            policy=self.policy)
+                            policy=self.policy, access=self.access)
         self.expiry = TokenExpiry(self.reactor, self.reactor.fail)
         self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume, publish=self.control.publish,
                                     expiry=self.expiry)

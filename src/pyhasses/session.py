@@ -58,7 +58,7 @@ import random
 import time
 from typing import Callable, Optional, Union
 
-from . import auth, delivery, http
+from . import auth, control, delivery, http
 from .sse import LAST_CHUNK
 
 # States, as the client list shows them (hasses' names).
@@ -193,15 +193,17 @@ class StreamRules:
     ``oldest_id`` says the oldest event id held (for ``reset`` events).
     ``counters`` is the hub's ``Counters``: the drop policy adds to it.
     ``policy`` is the ``auth.AccessPolicy`` (no keys: nothing checked);
-    ``wall`` the wall clock tokens' ``exp`` is compared with.
+    ``wall`` the wall clock tokens' ``exp`` is compared with; ``access``
+    the ``control.AccessCounters`` its refusals add to.
     """
 
     __slots__ = ("settings", "runtime", "cors", "counters", "oldest_id", "clock", "rng", "policy", "wall",
-                 "_lifetimes")
+                 "access", "_lifetimes")
 
     def __init__(self, settings, runtime, cors: bytes, counters, oldest_id: Callable[[], Optional[int]],
                  clock: Callable[[], float] = time.monotonic, rng: random.Random = random,
-                 policy: Optional[auth.AccessPolicy] = None, wall: Callable[[], float] = time.time):
+                 policy: Optional[auth.AccessPolicy] = None, wall: Callable[[], float] = time.time,
+                 access: Optional[control.AccessCounters] = None):
         self.settings = settings
         self.runtime = runtime
         self.cors = cors
@@ -211,6 +213,7 @@ class StreamRules:
         self.rng = rng
         self.policy = policy if policy is not None else auth.AccessPolicy()
         self.wall = wall
+        self.access = access if access is not None else control.AccessCounters()
         base, spread = settings.stream_lifetime, 2 * LIFETIME_JITTER / (LIFETIME_STEPS - 1)
         self._lifetimes = tuple(base * (1 - LIFETIME_JITTER + step * spread) for step in range(LIFETIME_STEPS))
 
@@ -334,6 +337,7 @@ class StreamSession:
         now = rules.wall()
         verdict = rules.policy.check_stream(head, decision.tokens, now=now)
         if isinstance(verdict, auth.Deny):
+            rules.access.streamdenied += 1
             return http.FixedAnswer(verdict.status, "denied", verdict.reason)
         if verdict.expires is not None:
             self.token_ends = rules.clock() + (verdict.expires - now)
@@ -357,6 +361,7 @@ class StreamSession:
         if not isinstance(verdict, auth.Deny):
             verdict = auth.body_length(head, settings.max_part_bytes)
         if isinstance(verdict, auth.Deny):
+            rules.access.publishdenied += 1
             actions.append(self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason)))
             return b""
         self.state = BODY
@@ -374,6 +379,7 @@ class StreamSession:
         verdict = auth.check_publish(head, body, rules.policy.publisher_key, settings.max_token_length,
                                      settings.max_message_bytes, settings.max_part_bytes, rules.wall())
         if isinstance(verdict, auth.Deny):
+            rules.access.publishdenied += 1
             return self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason))
         # Back to reading the next request on this connection (keep-alive).
         self.state = NEW
