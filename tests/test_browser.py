@@ -396,6 +396,44 @@ def test_the_example_backends_cookie_opens_a_signed_stream_in_chromium(daemon_fa
         backend.wait(10)
 
 
+def test_a_stream_ended_at_its_tokens_exp_reconnects_with_the_renewed_cookie(daemon_factory, chromium, tmp_path):
+    """The whole point of the cookie: the daemon ends the stream when the
+    token expires, the EventSource reconnects by itself, and the request
+    carries the cookie the backend renewed meanwhile (with the old one it
+    would be a 401, and an EventSource never retries after that)."""
+    key = tmp_path / "subscriber.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    daemon = daemon_factory(f"--subscriber-key={key}", "--retry=200")
+    port = free_port()
+    env = {**pyhasses_env(), "PORT": str(port), "TTL": "3"}
+    backend = subprocess.Popen([sys.executable, "cookie-login.py", str(key)], cwd=str(EXAMPLES), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        context = chromium().new_context()
+        login = context.new_page()
+        wait_until(lambda: _listening(port), 15, 0.05, "the example backend")
+        login.goto(f"http://127.0.0.1:{port}/?user=42")
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"http://127.0.0.1:{daemon.port}/")
+        page.evaluate("""() => {
+            window.got = []; window.opens = 0;
+            const source = new EventSource('/sse?subscribe=user42');
+            source.onopen = () => { window.opens += 1; };
+            source.onmessage = (e) => window.got.push(e.data);
+        }""")
+        page.wait_for_function("window.opens === 1")
+        # Meanwhile the login page renews the cookie every TTL/2 (its fetch to /renew).
+        daemon.wait_log(r"its token expired; ending the stream", timeout=10)
+        page.wait_for_function("window.opens === 2")
+        daemon.wait_clients(1)
+        ctl(daemon, "send", "user42", "after the reconnect")
+        page.wait_for_function("window.got.includes('after the reconnect')")
+    finally:
+        backend.terminate()
+        backend.wait(10)
+
+
 def _listening(port: int) -> bool:
     import socket
 
