@@ -38,6 +38,14 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02, what: st
         time.sleep(interval)
 
 
+def id_key(event_id: str) -> tuple:
+    """An event id (``<epoch>-<n>``, sse.EventIds) as something that sorts
+    in the order the daemon handed ids out within one run."""
+    epoch, dash, n = event_id.rpartition("-")
+    assert dash and epoch and n.isdigit(), event_id
+    return epoch, int(n)
+
+
 def pyhasses_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
@@ -85,8 +93,9 @@ class Daemon:
     """``pyhasses -nodaemon`` on free ports; ``stop()`` ends it by its pid."""
 
     def __init__(self, tmp_path, *extra, fifo=False, control=True, murl="/sse", args=None, start=True,
-                 wait_ready=True):
+                 wait_ready=True, env=None):
         self.tmp = Path(tmp_path)
+        self.env = env or {}  # added to the daemon's environment
         self.port = free_port()
         self.cport = free_port() if control else None
         self.fifo = str(self.tmp / "fifo") if fifo else None
@@ -107,7 +116,7 @@ class Daemon:
         self._logf = open(self.logpath, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyhasses", *self.args],
-            stdout=self._logf, stderr=subprocess.STDOUT, env=pyhasses_env(), cwd=str(self.tmp),
+            stdout=self._logf, stderr=subprocess.STDOUT, env={**pyhasses_env(), **self.env}, cwd=str(self.tmp),
         )
         if wait_ready:
             self.wait_ready()

@@ -115,6 +115,8 @@ OPTIONS = (
     Option((), "--max-message-bytes", "max_message_bytes", "SIZE", "largest message (default 1M)",
            parse_size),
     Option((), "--max-token-length", "max_token_length", "N", "longest token, subscribed or addressed (default 128)", _int),
+    Option((), "--max-except", "max_except", "N",
+           "ids one JSON message may list in \"except\" (default 256); more: refused", parse_count),
     Option((), "--idle-flush", "idle_flush", "SECONDS",
            "take an unterminated control part as complete after this idle time (default 0.5)",
            parse_seconds),

@@ -19,7 +19,7 @@ import socket
 import time
 
 from . import delivery, http, tls
-from .control import Framer
+from .control import Framer, PipeReads
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
 from .sse import LAST_CHUNK
@@ -272,7 +272,7 @@ class SseClient(Connection):
 
     __slots__ = ("state_name", "reader", "tokens", "everything", "uniq_id", "established", "messages",
                  "agent", "connected_at", "handshaked_at", "reinit_count", "_timer", "heartbeat_mark",
-                 "dropped")
+                 "dropped", "replay")
     kind = "SSE client"
     # States shown in the client list, as hasses names them.
     NEW, HEADER, STREAM, END = "NEW", "HEA", "SSE", "END"
@@ -293,6 +293,7 @@ class SseClient(Connection):
         self.messages = 0
         self.heartbeat_mark = 0   # messages at the last heartbeat sweep
         self.dropped = 0          # events dropped from this client's queue (drop policy)
+        self.replay = None        # delivery.Replay while it catches up after a resume
         # The client list's view
         self.agent = ""
         self.connected_at = time.time()
@@ -346,6 +347,8 @@ class SseClient(Connection):
         True when ``data`` is to be read as a new request."""
         if self.ctx.runtime.reinit and data.lstrip(b"\r\n").startswith(b"GET "):
             self.ctx.log.info(f"Re-initialize client <{self.fd}> {self.peer}")
+            if self.replay is not None:
+                self.replay.stop()
             self.ctx.hub.unsubscribe(self)
             self.ctx.hub.counters.reinits += 1
             self.reinit_count += 1
@@ -398,6 +401,9 @@ class SseClient(Connection):
     def deliver(self, data: bytes) -> None:
         """The fan-out's per-recipient step: queue, and flush at the end of
         the pass.  A client past its queue limit is closed, not waited for."""
+        if self.replay is not None:  # catching up: live events wait behind the backlog
+            self.replay.hold(data)
+            return
         # Outbox.append and schedule_flush written out: this runs once per
         # recipient of every message, and the calls are a measurable part.
         outbox = self.outbox
@@ -543,16 +549,21 @@ class ControlInput:
     unterminated tail, and running each part.  ``reply`` takes the answer
     bytes of a TCP writer; the FIFO has nobody to answer."""
 
-    def __init__(self, ctx, channel: str, reply=None, replied=None):
+    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None):
         self.ctx = ctx
         self.channel = channel
         self.reply = reply
         self.replied = replied  # called after each run of parts, their events queued
+        self.on_finish = on_finish  # called when a held tail is taken as whole
         self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
         self._idle = None
 
-    def feed(self, data: bytes) -> None:
-        self._run(self.framer.feed(data))
+    def feed(self, data: bytes, complete: bool = False) -> None:
+        """``complete``: the tail of ``data`` is a whole part (FIFO reads)."""
+        items = self.framer.feed(data)
+        if complete:
+            items += self.framer.finish()
+        self._run(items)
         reactor = self.ctx.reactor
         reactor.cancel(self._idle)
         self._idle = None
@@ -562,6 +573,8 @@ class ControlInput:
     def finish(self) -> None:
         """End of input, or the writer went idle: the tail is a whole part."""
         self.cancel()
+        if self.on_finish is not None:
+            self.on_finish()
         self._run(self.framer.finish())
 
     def cancel(self) -> None:
@@ -667,7 +680,8 @@ class FifoReader:
         self.ctx = ctx
         self.fd = fd
         self.path = path
-        self.input = ControlInput(ctx, "fifo")
+        self.reads = PipeReads(RECV_SIZE)
+        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset)
         ctx.reactor.register(fd, self, READABLE)
 
     def on_events(self, mask: int) -> None:
@@ -678,11 +692,18 @@ class FifoReader:
                 return
             raise
         if data:
-            self.input.feed(data)
+            if self.reads.ends_part(len(data)):
+                # what one read brings is one writer's: never merged with the next
+                self.input.feed(data, complete=True)
+            else:
+                self.input.feed(data)
+                if not self.input.framer.pending:
+                    self.reads.reset()  # nothing left to continue
 
     def on_failure(self, exc: Exception) -> None:
         self.ctx.log.error(f"FIFO {self.path}: internal error {exc!r}; input discarded")
         self.input.reset()
+        self.reads.reset()
 
     def close(self) -> None:
         self.ctx.reactor.unregister(self.fd)

@@ -71,6 +71,8 @@ class Daemon:
         self.flusher: Optional[FlushQueue] = None
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
+        self.replayer: Optional[delivery.Replayer] = None
+        self._queued_figure: Optional[int] = None  # queued bytes, this pass
         self.draining: Optional[delivery.Drain] = None
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
                                       self.status_info, self.client_list_lines, history=self.history,
@@ -112,12 +114,25 @@ class Daemon:
             "historybytes": self.history.bytes,
             "droppedclients": counters.slow_closed,
             "droppedevents": counters.dropped_events,
-            "queuedbytes": sum(c.queued_bytes() for c in self.hub.clients),
+            "queuedbytes": self._queued_bytes(),
             "refused": counters.refused,
             "replayed": counters.replayed,
             "resets": counters.resets,
             "uptime": round(time.time() - self.started, 3),
         }
+
+    def _queued_bytes(self) -> int:
+        """Summed over every client at most once per loop pass: a burst of
+        status commands (64 KB of ``tcpstatus`` lines) costs one sweep, not
+        one per command (issue 15: 1.3 s with 2,000 streams)."""
+        if self._queued_figure is None:
+            self._queued_figure = sum(c.queued_bytes() for c in self.hub.clients)
+            if self.reactor is not None:
+                self.reactor.call_soon(self._forget_queued_figure)
+        return self._queued_figure
+
+    def _forget_queued_figure(self) -> None:
+        self._queued_figure = None
 
     def client_table(self) -> list:
         """tcpclientlist: one row per open SSE connection, oldest first."""
@@ -189,10 +204,9 @@ class Daemon:
 
     def resume(self, client, last_id: str) -> None:
         """A stream that came back with Last-Event-ID gets what it missed."""
-        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, self.ids.now())
+        result = self.replayer.start(client, last_id)
         if self.log.debugging:
-            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}, "
-                           f"{len(result.events)} held event(s) looked at")
+            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}")
 
     def _new_control_client(self, sock, peer):
         return ControlClient(self, sock, peer)
@@ -202,6 +216,7 @@ class Daemon:
         ``ready()`` is called once every descriptor is registered."""
         self.reactor = Reactor(on_error=self.log.error)
         self.flusher = FlushQueue(self.reactor)
+        self.replayer = delivery.Replayer(self.reactor, self.history, self.hub, self.ids)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)

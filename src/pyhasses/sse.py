@@ -8,9 +8,9 @@ per message and hands the same bytes to every recipient.
 
 from __future__ import annotations
 
+import os
 import re
-import time
-from typing import Optional
+from typing import Optional, Tuple
 
 #: Ends the chunked body: sent to every stream when the daemon stops.
 LAST_CHUNK = b"0\r\n\r\n"
@@ -19,38 +19,70 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class EventIds:
-    """Unique, strictly increasing ids, also across a restart: microseconds
-    since the epoch, bumped past the last one handed out (hasses used the
-    second, which repeats)."""
+    """The ids of this run: ``<epoch>-<n>``, where the epoch is drawn at
+    random when the daemon starts and ``n`` counts from 1.
 
-    __slots__ = ("_last", "_clock")
+    An id handed out by an earlier run (or another daemon) never matches an
+    event of this run, whatever the clock did in between (hasses used the
+    second, which repeats; a time-based id repeats when the clock is
+    stepped back or frozen), and within a run ids only grow.  The text is
+    short and safe in an SSE ``id:`` field and in JSON.
 
-    def __init__(self, clock=time.time):
-        self._clock = clock
+    The interface is what history and resume use, so that a cluster can
+    replace this object with one whose ids come from elsewhere: ``next_id()``
+    gives the text and a comparable key, ``key_of(text)`` turns a
+    Last-Event-ID back into a key (None: not an id of this run), and
+    ``last_key`` / ``last_text`` name the newest id handed out (before the
+    first, the run's start: ``<epoch>-0``, which misses nothing of the run).
+    """
+
+    __slots__ = ("epoch", "_prefix", "_last")
+
+    def __init__(self, epoch: Optional[str] = None):
+        self.epoch = epoch or _random_epoch()
+        self._prefix = self.epoch + "-"
         self._last = 0
 
-    def now(self) -> int:
-        """The id the clock gives now (not handed out)."""
-        return int(self._clock() * 1_000_000)
+    def next_id(self) -> Tuple[str, int]:
+        self._last += 1
+        return f"{self._prefix}{self._last}", self._last
 
-    def next(self) -> int:
-        now = self.now()
-        self._last = now if now > self._last else self._last + 1
+    def key_of(self, text: Optional[str]) -> Optional[int]:
+        if not text or not text.startswith(self._prefix):
+            return None
+        n = text[len(self._prefix):]
+        if not (n.isascii() and n.isdigit()) or len(n) > 19 or (n[0] == "0" and n != "0"):
+            return None
+        return int(n)
+
+    @property
+    def last_key(self) -> int:
         return self._last
 
     @property
-    def last(self) -> int:
-        return self._last
+    def last_text(self) -> str:
+        return f"{self._prefix}{self._last}"
 
 
-def event_body(event_id: int, data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
+def _random_epoch() -> str:
+    """Eight base-36 characters from 41 random bits: two runs share one
+    about once in two trillion starts."""
+    n = int.from_bytes(os.urandom(6), "big") >> 7
+    digits = []
+    for _ in range(8):
+        n, d = divmod(n, 36)
+        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[d])
+    return "".join(reversed(digits))
+
+
+def event_body(event_id: str, data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
     """The event as the WHATWG stream format wants it: every line of ``data``
     on its own ``data:`` line, so a line break can never end the event early
     or inject a field."""
     if event is None and retry is None and "\n" not in data and "\r" not in data:
         # Most events are one line with an id: one formatting step, not six
         # (this runs once per published message).
-        return b"id: %d\ndata: %s\n\n" % (event_id, data.encode("utf-8", "surrogateescape"))
+        return b"id: %s\ndata: %s\n\n" % (str(event_id).encode(), data.encode("utf-8", "surrogateescape"))
     parts = []
     if event:
         parts.append(f"event: {event}\n")
@@ -68,7 +100,7 @@ def chunk(body: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(body), body)
 
 
-def encode_event(event_id: int, data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
+def encode_event(event_id: str, data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
     return chunk(event_body(event_id, data, event, retry))
 
 
