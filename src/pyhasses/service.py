@@ -28,7 +28,7 @@ from .control import ControlHandler
 from .flushqueue import FlushQueue
 from .history import History
 from .hub import Hub, subscriptions
-from .logs import Log, client_list_block, duration
+from .logs import Log, ReopenFailed, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .settings import Endpoint, Settings
 from .sse import EventIds
@@ -271,8 +271,11 @@ class Daemon:
         self.draining.start()
 
     def _on_hangup(self, signum: int) -> None:
-        if self.log.reopen():
-            self.log.info("SIGHUP: log file reopened")
+        try:
+            if self.log.reopen():
+                self.log.info("SIGHUP: log file reopened")
+        except ReopenFailed as exc:
+            self.log.error(f"SIGHUP: log file not reopened: {exc}")
         if self.tls is not None:
             self._reload_certificate()
 
