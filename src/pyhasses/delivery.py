@@ -15,9 +15,9 @@ and should reload its state.  Its data is one JSON object::
 ``oldest`` is the oldest event id the daemon still holds (``null`` when it
 holds none); ``reason`` is ``too-old`` (the client's Last-Event-ID is older
 than the history), ``unknown-id`` (not an id of this run of the daemon: one
-from before a restart, or not an id at all) or ``dropped`` (the client read too slowly, or what it missed did not fit its
-write queue, and its oldest events were dropped; ``dropped`` then says how
-many).
+from before a restart, or not an id at all) or ``dropped`` (the client read
+too slowly, or what it missed did not fit its write queue, and its oldest
+events were dropped; ``dropped`` then says how many).
 """
 
 from __future__ import annotations
