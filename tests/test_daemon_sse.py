@@ -10,6 +10,7 @@ import time
 import pytest
 
 from support import SseClient, id_key, raw_exchange, wait_until
+from tcpqueues import peer_has_read
 
 DATE = re.compile(rb"Date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
 ACA = (b"Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET\r\n"
@@ -82,10 +83,9 @@ def test_cors_base_is_used(daemon_factory):
 
 def test_head_split_over_two_writes(daemon):
     c = SseClient("127.0.0.1", daemon.port)
-    c.request(b"GET /sse?subscr")
-    time.sleep(0.3)
-    c.request(b"ibe=room1 HTTP/1.1\r\nConnection: keep-")
-    time.sleep(0.3)
+    for part in (b"GET /sse?subscr", b"ibe=room1 HTTP/1.1\r\nConnection: keep-"):
+        c.request(part)
+        wait_until(lambda: peer_has_read(c.sock), timeout=5, interval=0.005, what="the daemon to read the part")
     c.request(b"alive\r\n\r\n")
     c.read_handshake()
     daemon.control("room1=joined\n")

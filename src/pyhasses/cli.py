@@ -105,7 +105,7 @@ OPTIONS = (
            "close a connection that has not completed its handshake (default 20)",
            parse_seconds),
     Option((), "--stream-lifetime", "stream_lifetime", "SECONDS",
-           "close an established stream this long after its handshake (default 3600)",
+           "close an established stream about this long (+-10 %) after its handshake (default 3600)",
            parse_seconds),
     Option((), "--max-head-bytes", "max_head_bytes", "SIZE", "largest request head (default 32K)",
            parse_size),

@@ -262,13 +262,16 @@ class Heartbeat:
     def _sweep(self) -> None:
         self.reactor.call_later(self.interval, self._sweep)
         for client in list(self.hub.streams):
-            if client.messages != client.heartbeat_mark:
-                client.heartbeat_mark = client.messages
-            elif not client.queued_bytes() and not client.closing:
-                # Sent at once rather than queued for the end of the pass:
-                # ten thousand queued flushes would raise the memory peak.
-                client.outbox.append(HEARTBEAT)
-                client.flush()
+            try:
+                if client.messages != client.heartbeat_mark:
+                    client.heartbeat_mark = client.messages
+                elif not client.queued_bytes() and not client.closing:
+                    # Sent at once rather than queued for the end of the pass:
+                    # ten thousand queued flushes would raise the memory peak.
+                    client.outbox.append(HEARTBEAT)
+                    client.flush()
+            except Exception as exc:  # that stream's fault: the sweep goes on
+                self.reactor.fail(client, exc)
 
 
 class Drain:
@@ -296,8 +299,10 @@ class Drain:
                 self.reactor.call_later(step * gap, self._end, batch)
         self.reactor.call_later(self.period, self.done)
 
-    @staticmethod
-    def _end(batch) -> None:
+    def _end(self, batch) -> None:
         for client in batch:
             if not client.closed and not client.closing:
-                client.end_stream()
+                try:
+                    client.end_stream()
+                except Exception as exc:  # that stream's fault: the drain goes on
+                    self.reactor.fail(client, exc)

@@ -22,26 +22,26 @@ import time
 from typing import List, Optional
 
 from . import __version__, delivery, http, metrics, tls
-from .connections import (ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient,
-                          describe_peer)
+from .connections import Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import ControlHandler
+from .control_channels import ControlClient, FifoReader
+from .daemonize import detach, drop_privileges, give_to_user
+from .errors import ErrorReport, StartError
 from .flushqueue import FlushQueue
 from .history import History
 from .hub import Hub, subscriptions
 from .logs import Log, ReopenFailed, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
+from .session import StreamRules
 from .settings import Endpoint, Settings
 from .sse import EventIds
+from .streams import SseClient, TlsSseClient
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 #: Held back from the start of ``run`` until the reactor handles them: a stop
 #: asked for while the daemon starts is a clean stop, not a traceback.
 HANDLED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
-class StartError(Exception):
-    """The daemon cannot start; the text says why, for stderr and the log."""
 
 
 class Runtime:
@@ -52,12 +52,14 @@ class Runtime:
 
 
 class Daemon:
-    """The running daemon: what every connection reaches through ``ctx``."""
+    """The running daemon: it builds every part and hands each connection
+    the few it uses (``connections.Wiring``)."""
 
     def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None):
         self.settings = settings
         self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
+        self.report = ErrorReport(log.error)  # internal errors, with their tracebacks
         self.runtime = Runtime(settings)
         self.hub = Hub()
         self.ids = EventIds()
@@ -69,6 +71,9 @@ class Daemon:
         self.fifo: Optional[FifoReader] = None
         self.reactor: Optional[Reactor] = None
         self.flusher: Optional[FlushQueue] = None
+        self.wiring: Optional[Wiring] = None         # listeners, refused and metrics clients
+        self.stream_wiring: Optional[Wiring] = None  # browsers' streams
+        self.control_wiring: Optional[Wiring] = None  # control port and FIFO
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
         self.replayer: Optional[delivery.Replayer] = None
@@ -176,11 +181,11 @@ class Daemon:
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
         """Listen: the SSE, control and metrics ports' sockets, bound before."""
-        self.sse_listeners = [Listener(self, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
+        self.sse_listeners = [Listener(self.wiring, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
         self.listeners = self.sse_listeners + [
-            Listener(self, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
+            Listener(self.wiring, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
             for s in control_socks
-        ] + [Listener(self, s, self._new_metrics_client, f"metrics port {sock_name(s)}") for s in metrics_socks]
+        ] + [Listener(self.wiring, s, self._new_metrics_client, f"metrics port {sock_name(s)}") for s in metrics_socks]
         for listener in self.listeners:
             self.reactor.register(listener.fd, listener)
 
@@ -192,15 +197,15 @@ class Daemon:
                 # A 503 would cost a TLS handshake first; shedding load must stay cheap.
                 self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); "
                               "closed before the TLS handshake")
-                return Refused(self, sock, peer, b"")
+                return Refused(self.wiring, sock, peer, b"")
             self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); answered 503")
-            return Refused(self, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
+            return Refused(self.wiring, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
         if self.tls is not None:
-            return TlsSseClient(self, sock, peer)
-        return SseClient(self, sock, peer)
+            return TlsSseClient(self.stream_wiring, sock, peer, self.tls.context)
+        return SseClient(self.stream_wiring, sock, peer)
 
     def _new_metrics_client(self, sock, peer):
-        return MetricsClient(self, sock, peer, self.metrics_text)
+        return MetricsClient(self.wiring, sock, peer, self.metrics_text)
 
     def resume(self, client, last_id: str) -> None:
         """A stream that came back with Last-Event-ID gets what it missed."""
@@ -209,21 +214,22 @@ class Daemon:
             self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}")
 
     def _new_control_client(self, sock, peer):
-        return ControlClient(self, sock, peer)
+        return ControlClient(self.control_wiring, sock, peer)
 
     def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=(), ready=None) -> None:
         """Build the reactor (after any fork) and run until a signal stops it;
         ``ready()`` is called once every descriptor is registered."""
-        self.reactor = Reactor(on_error=self.log.error)
+        self.reactor = Reactor(on_error=self.report)
         self.flusher = FlushQueue(self.reactor)
         self.replayer = delivery.Replayer(self.reactor, self.history, self.hub, self.ids)
+        self._wire()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.open_ports(sse_socks, control_socks, metrics_socks)
         if fifo_fd is not None:
-            self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
+            self.fifo = FifoReader(self.control_wiring, fifo_fd, self.settings.fifo)
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
@@ -233,6 +239,16 @@ class Daemon:
         self.reactor.run()
         self.shutdown()
 
+    def _wire(self) -> None:
+        """What each kind of connection is given (after the reactor exists)."""
+        common = dict(reactor=self.reactor, flusher=self.flusher, log=self.log, report=self.report,
+                      settings=self.settings, hub=self.hub)
+        self.wiring = Wiring(**common, cors=self.cors)
+        history = self.history
+        rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest)
+        self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume)
+        self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients)
+
     # -- stream lifetime ------------------------------------------------------
     def _lifetime_sweep_interval(self) -> float:
         """A stream ends at most this late: 1/20 of its lifetime, 10 s at most."""
@@ -241,10 +257,10 @@ class Daemon:
     def _end_expired_streams(self) -> None:
         """One timer for every stream's lifetime (a timer each would cost
         every idle stream ~200 bytes); the sweep is a cheap pass over the
-        established streams."""
+        established streams.  Monotonic: a step of the wall clock ends none."""
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
-        born_before = time.time() - self.settings.stream_lifetime
-        for client in [c for c in self.hub.streams if c.handshaked_at <= born_before]:
+        now = time.monotonic()
+        for client in [c for c in self.hub.streams if c.session.expired(now)]:
             try:
                 client.lifetime_over()
             except Exception as exc:
@@ -468,21 +484,15 @@ def run(settings: Settings) -> int:
         if fifo_fd is not None:
             opened.append(fifo_fd)
         if fifo_is_new and settings.user:
-            from .daemonize import give_to_user
-
             give_to_user(settings.fifo, settings.user)
     except StartError as exc:
         return _fail(log, str(exc), opened)
 
     daemon_context = report = None
     if not settings.nodaemon:
-        from .daemonize import detach
-
         daemon_context, report = detach(opened + [log.stream_fileno()], settings.logfile)
     try:
         if settings.user:
-            from .daemonize import drop_privileges
-
             drop_privileges(settings.user)
         pidfile.write()
     except StartError as exc:
@@ -491,14 +501,22 @@ def run(settings: Settings) -> int:
     daemon = Daemon(settings, log, tls_setup)
     log.info("=== daemon starting ===")
     log.info(f"Pid: {os.getpid()}")
+    status = EXIT_OK
     try:
         daemon.serve(sse_socks, control_socks, fifo_fd, metrics_socks, ready=report.ready if report else None)
+    except Exception as exc:
+        # The loop itself failed (a handler's error never gets here): say
+        # why in the log, which in daemon mode is the only place anyone looks.
+        daemon.report(f"Error: the event loop stopped on an internal error {exc!r}. Exiting...", exc)
+        if report is not None:
+            report.failed(f"internal error {exc!r}; see {settings.logfile}")  # if still waiting
+        status = EXIT_FAILURE
     finally:
         pidfile.remove(log)
         log.close()
         if daemon_context is not None:
             daemon_context.close()
-    return EXIT_OK
+    return status
 
 
 def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
