@@ -39,11 +39,11 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02, what: st
 
 
 def id_key(event_id: str) -> tuple:
-    """An event id (``<epoch>-<n>``, sse.EventIds) as something that sorts
-    in the order the daemon handed ids out within one run."""
-    epoch, dash, n = event_id.rpartition("-")
-    assert dash and epoch and n.isdigit(), event_id
-    return epoch, int(n)
+    """An event id (``<T><R>``, sse.EventIds: digits, the run's tag in the
+    last 9) as (tag, T): T sorts in the order the daemon handed ids out
+    within one run, and the whole text compares as an integer across runs."""
+    assert event_id.isascii() and event_id.isdigit() and len(event_id) > 9 and event_id[0] != "0", event_id
+    return event_id[-9:], int(event_id[:-9])
 
 
 def pyhasses_env() -> dict:

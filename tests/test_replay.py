@@ -60,7 +60,7 @@ class Stream:
 
 class Daemon:
     def __init__(self, history_count=100_000):
-        self.loop, self.hub, self.ids = Loop(), Hub(), EventIds("testrun0")
+        self.loop, self.hub, self.ids = Loop(), Hub(), EventIds(7)
         self.history = History(history_count, 1 << 30, 3600)
         self.replayer = delivery.Replayer(self.loop, self.history, self.hub, self.ids)
 

@@ -34,29 +34,65 @@ def test_large_message_framed_intact():
     assert int(size, 16) == len(rest) - 2 == len(b"id: 1\ndata: ") + len(data) + 2
 
 
-def test_ids_of_a_run_share_its_epoch_and_only_grow():
-    ids = sse.EventIds()
-    seen = [ids.next_id() for _ in range(1000)]
-    assert [key for _, key in seen] == list(range(1, 1001))
-    assert all(text == f"{ids.epoch}-{key}" for text, key in seen)
-    assert ids.last_key == 1000 and ids.last_text == seen[-1][0]
-    assert re.fullmatch(r"[0-9a-z]{8}", ids.epoch)
+class Clock:
+    """A wall clock the test moves by hand (seconds)."""
+
+    def __init__(self, now=1_764_304_232.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_ids_are_digits_the_microsecond_then_the_run_tag():
+    clock = Clock()
+    ids = sse.EventIds(tag=42, clock=clock)
+    text, key = ids.next_id()
+    assert text == "1764304232000000000000042" and key == 1_764_304_232_000_000
+    assert ids.last_key == key and ids.last_text == text
+
+
+def test_ids_of_a_run_only_grow_as_integers_even_when_the_clock_does_not():
+    clock = Clock()
+    ids = sse.EventIds(clock=clock)
+    seen = [ids.next_id() for _ in range(1000)]    # a frozen clock: bumped by one
+    clock.now -= 30                                 # stepped back
+    seen += [ids.next_id() for _ in range(10)]
+    clock.now += 60                                 # and forward again
+    seen += [ids.next_id() for _ in range(10)]
+    numbers = [int(text) for text, _ in seen]
+    assert numbers == sorted(set(numbers))
+    assert [key for _, key in seen] == sorted(set(key for _, key in seen))
+    assert all(re.fullmatch(r"[1-9][0-9]{15}[0-9]{9}", text) for text, _ in seen)
+    assert all(text.endswith(f"{ids.tag:09d}") for text, _ in seen)
+
+
+def test_ids_grow_across_a_restart_when_the_clock_is_sane():
+    first = sse.EventIds(tag=999_999_999, clock=Clock(1_764_304_232.0))
+    before = [first.next_id()[0] for _ in range(5)]
+    second = sse.EventIds(tag=0, clock=Clock(1_764_304_233.0))  # a lower tag, a second later
+    after = second.next_id()[0]
+    assert int(after) > max(int(t) for t in before)
+    assert after.endswith("000000000")
 
 
 def test_key_of_gives_back_the_key_of_this_run_only():
-    ids = sse.EventIds("abcd1234")
+    clock = Clock()
+    ids = sse.EventIds(tag=12345, clock=clock)
+    start_text, start_key = ids.last_text, ids.last_key   # the run's start
+    assert start_text == "1764304231999999000012345" and ids.key_of(start_text) == start_key
     text, key = ids.next_id()
-    assert ids.key_of(text) == key == 1
-    assert ids.key_of("abcd1234-0") == 0  # the run's start: misses nothing of it
-    other = sse.EventIds("zzzz0000")
-    assert other.key_of(text) is None
-    for bad in ("", None, "abcd1234-", "abcd1234-x", "abcd1234-01", "abcd1234--1", "abcd1234-1.5",
-                "abcd1234-" + "9" * 20, "abcd1234-٣", "1764304232000001"):
+    assert key > start_key and ids.key_of(text) == key
+    other = sse.EventIds(tag=12346, clock=clock)          # the same clock, another run
+    other_text, other_key = other.next_id()
+    assert other_key == key and other_text != text
+    assert other.key_of(text) is None and ids.key_of(other_text) is None
+    for bad in ("", None, "000012345", "12345", "0" + text, text + "0", text[:-1], " " + text,
+                text.replace("1", "٣"), "1.5" + text[3:], "9" * 21 + "000012345", "abcd1234-1", "-" + text):
         assert ids.key_of(bad) is None, bad
 
 
-def test_every_run_draws_its_own_epoch_whatever_the_clock():
-    # No clock is read at all: a clock stepped back or frozen across a
-    # restart cannot make two runs' ids meet.
-    epochs = {sse.EventIds().epoch for _ in range(1000)}
-    assert len(epochs) == 1000
+def test_every_run_draws_its_own_tag():
+    tags = {sse.EventIds().tag for _ in range(1000)}
+    assert len(tags) > 990  # 10**9 to draw from
+    assert all(0 <= tag < 10 ** 9 for tag in tags)

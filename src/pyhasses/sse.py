@@ -8,9 +8,10 @@ per message and hands the same bytes to every recipient.
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Optional, Tuple
+import secrets
+import time
+from typing import Callable, Optional, Tuple
 
 #: Ends the chunked body: sent to every stream when the daemon stops.
 LAST_CHUNK = b"0\r\n\r\n"
@@ -19,41 +20,58 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class EventIds:
-    """The ids of this run: ``<epoch>-<n>``, where the epoch is drawn at
-    random when the daemon starts and ``n`` counts from 1.
+    """The ids of this run: decimal digits only, ``<T><R>``.  ``T`` is a
+    time-based counter (microseconds since the Unix epoch at issue, bumped
+    past the last one handed out in this run); ``R`` is this run's tag, a
+    number drawn at random when the daemon starts, written with exactly
+    ``TAG_DIGITS`` digits.
 
-    An id handed out by an earlier run (or another daemon) never matches an
-    event of this run, whatever the clock did in between (hasses used the
-    second, which repeats; a time-based id repeats when the clock is
-    stepped back or frozen), and within a run ids only grow.  The text is
-    short and safe in an SSE ``id:`` field and in JSON.
+    So an id is what PROTOCOL.md sections 4 and 5a show, a numeric string,
+    and ids compared as integers grow strictly within a run and across a
+    restart whenever the clock is sane (``T`` leads, and ``R`` has a fixed
+    width).  Whatever the clock did (stepped back, frozen), an id handed
+    out by an earlier run or another daemon never matches an event of this
+    run: its last digits are another tag (hasses used the second, which
+    repeats; a time-based id alone repeats when the clock goes back).
 
     The interface is what history and resume use, so that a cluster can
     replace this object with one whose ids come from elsewhere: ``next_id()``
-    gives the text and a comparable key, ``key_of(text)`` turns a
+    gives the text and a comparable key (``T``), ``key_of(text)`` turns a
     Last-Event-ID back into a key (None: not an id of this run), and
     ``last_key`` / ``last_text`` name the newest id handed out (before the
-    first, the run's start: ``<epoch>-0``, which misses nothing of the run).
+    first, the run's start: ``T`` = start minus one microsecond with this
+    run's tag, which misses nothing of the run).
     """
 
-    __slots__ = ("epoch", "_prefix", "_last")
+    __slots__ = ("tag", "_suffix", "_last", "_clock")
 
-    def __init__(self, epoch: Optional[str] = None):
-        self.epoch = epoch or _random_epoch()
-        self._prefix = self.epoch + "-"
-        self._last = 0
+    #: Width of the run's tag: two runs share one about once in 10**9 starts.
+    TAG_DIGITS = 9
+
+    def __init__(self, tag: Optional[int] = None, clock: Callable[[], float] = time.time):
+        if tag is None:
+            tag = secrets.randbelow(10 ** self.TAG_DIGITS)
+        if not 0 <= tag < 10 ** self.TAG_DIGITS:
+            raise ValueError(f"run tag {tag} does not fit {self.TAG_DIGITS} digits")
+        self.tag = tag
+        self._suffix = f"{tag:0{self.TAG_DIGITS}d}"
+        self._clock = clock
+        self._last = self._now() - 1  # the run's start: nothing of this run is older
+
+    def _now(self) -> int:
+        return int(self._clock() * 1_000_000)
 
     def next_id(self) -> Tuple[str, int]:
-        self._last += 1
-        return f"{self._prefix}{self._last}", self._last
+        now = self._now()
+        self._last = now if now > self._last else self._last + 1
+        return f"{self._last}{self._suffix}", self._last
 
     def key_of(self, text: Optional[str]) -> Optional[int]:
-        if not text or not text.startswith(self._prefix):
+        digits = self.TAG_DIGITS
+        if (not text or len(text) <= digits or len(text) > digits + 20 or not text.isascii()
+                or not text.isdigit() or text[0] == "0" or text[-digits:] != self._suffix):
             return None
-        n = text[len(self._prefix):]
-        if not (n.isascii() and n.isdigit()) or len(n) > 19 or (n[0] == "0" and n != "0"):
-            return None
-        return int(n)
+        return int(text[:-digits])
 
     @property
     def last_key(self) -> int:
@@ -61,18 +79,7 @@ class EventIds:
 
     @property
     def last_text(self) -> str:
-        return f"{self._prefix}{self._last}"
-
-
-def _random_epoch() -> str:
-    """Eight base-36 characters from 41 random bits: two runs share one
-    about once in two trillion starts."""
-    n = int.from_bytes(os.urandom(6), "big") >> 7
-    digits = []
-    for _ in range(8):
-        n, d = divmod(n, 36)
-        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[d])
-    return "".join(reversed(digits))
+        return f"{self._last}{self._suffix}"
 
 
 def event_body(event_id: str, data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:
