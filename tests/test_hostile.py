@@ -292,6 +292,40 @@ def test_a_burst_of_status_commands_does_not_stall_2000_streams(daemon_factory):
             s.close()
 
 
+# -- 4. one request is one request ------------------------------------------------
+
+@pytest.mark.parametrize("reinit", [True, False], ids=["ra", "no-ra"])
+def test_a_get_with_a_second_request_in_its_body_never_reads_the_secret(daemon_factory, reinit):
+    """The issue's exploit: a front proxy checks only the outer URL; the
+    body's GET used to re-subscribe the stream to ``secret`` under -ra."""
+    d = daemon_factory(*(["-ra"] if reinit else []))
+    inner = (f"GET {d.murl}?subscribe=secret HTTP/1.1\r\nHost: localhost\r\n"
+             "Connection: keep-alive\r\n\r\n").encode()
+    outer = (f"GET {d.murl}?subscribe=public HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n"
+             f"Content-Length: {len(inner)}\r\n\r\n").encode() + inner
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(outer)
+        got = b""
+        while b"\r\n\r\n" not in got:  # the answer's head
+            data = s.recv(65536)
+            if not data:
+                break
+            got += data
+        assert got.startswith(b"HTTP/1.1 400 Bad Request\r\n"), got
+        assert d.control_json("tcpsubscribedclients:secret")["subscribedclients"] == 0
+        d.control("secret=leaked;public=leaked too\n")
+        rest = b""
+        while True:  # the daemon closes after its one answer
+            data = s.recv(65536)
+            if not data:
+                break
+            rest += data
+    everything = got + rest
+    assert everything.count(b"HTTP/1.1 ") == 1 and b"leaked" not in everything, everything
+    assert d.control_json("tcpstatus")["msgsendcnt"] == 0
+    assert d.alive()
+
+
 # -- 5. every publisher gets an answer -------------------------------------------
 
 @pytest.mark.parametrize("nested", [

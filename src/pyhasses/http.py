@@ -387,6 +387,12 @@ def decide(head: RequestHead, match_url: str, max_token_length: int):
         return FixedAnswer(404, "error", f"unknown URL {head.target[:200].decode('latin-1')!r}")
     if head.version != "1.1":
         return FixedAnswer(501, "error", f"protocol HTTP/{head.version} not supported")
+    if has_body(head):
+        # A stream request carries no body.  Reading one as "bytes sent
+        # after the handshake" would let a body hold a second request that
+        # -ra obeys: a proxy that checks only the outer URL would let a
+        # client subscribe to any token (issue 15 point 4).
+        return FixedAnswer(400, "error", "a stream request with a body")
     if method == b"HEAD":
         return FixedAnswer(200, "head", "HEAD request")
     if method == b"OPTIONS":
@@ -403,6 +409,15 @@ def decide(head: RequestHead, match_url: str, max_token_length: int):
     agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
     return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head,
                          last_event_id=last_event_id(head, params))
+
+
+def has_body(head: RequestHead) -> bool:
+    """RFC 9112 6.3: any Transfer-Encoding, or a Content-Length above 0
+    (parse_head already refused a malformed or repeated one)."""
+    if head.header(b"transfer-encoding") is not None:
+        return True
+    length = head.header(b"content-length")
+    return length is not None and length.strip().lstrip(b"0") != b""
 
 
 def last_event_id(head: RequestHead, params: dict) -> Optional[str]:
