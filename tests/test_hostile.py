@@ -5,6 +5,7 @@ runs never meet.  Real daemons, real sockets, a real FIFO."""
 
 import json
 import os
+import resource
 import socket
 import threading
 import time
@@ -404,3 +405,65 @@ def test_after_a_restart_under_a_bad_clock_an_old_id_gets_a_reset(daemon_factory
     assert c.read_event()["data"] == "live"
     assert not set(old) & set(new)
     assert [id_key(i) for i in new] == sorted(id_key(i) for i in new)  # ids grow within a run
+
+
+# -- 7. out of descriptors, new clients still get an answer ------------------------
+
+def _first_answer(sock, deadline: float) -> bytes:
+    """The answer's head (up to the empty line), or what came before a
+    close or the deadline (time.monotonic)."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except (socket.timeout, ConnectionResetError):
+            break
+        if not data:
+            break
+        got += data
+    return got
+
+
+def test_out_of_descriptors_every_client_gets_a_503_or_a_stream(daemon_factory):
+    """Issue 15 point 7: with the descriptor limit reached, waiting clients
+    used to sit in the backlog with no answer.  A reserve descriptor lets
+    the daemon accept each, answer 503 with Retry-After and close."""
+    d = daemon_factory("--heartbeat", "0")
+    fds = [int(name) for name in os.listdir(f"/proc/{d.pid}/fd")]
+    free = 6
+    limit = max(len(fds) + free, max(fds) + 1)
+    resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    request = (f"GET {d.murl}?subscribe=t HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n").encode()
+    clients = []
+    try:
+        for _ in range(60):  # ten times the free descriptors
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(request)
+            clients.append(s)
+        deadline = time.monotonic() + 10  # none hangs: all answered within
+        answers = [_first_answer(s, deadline) for s in clients]
+        streams = [a for a in answers if a.startswith(b"HTTP/1.1 200 OK\r\n")]
+        busy = [a for a in answers if a.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")]
+        assert len(streams) + len(busy) == len(clients), [a[:40] for a in answers]
+        assert streams and busy  # as many streams as descriptors were free, about
+        assert all(b"\r\nRetry-After: " in a for a in busy)
+        assert d.log().count("out of descriptors") == 1  # once per burst
+        assert d.alive()
+    finally:
+        for s in clients:
+            s.close()
+    # descriptors free again: a new client gets a stream
+    def streams_again():
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+            s.sendall(request)
+            return _first_answer(s, time.monotonic() + 5).startswith(b"HTTP/1.1 200 OK\r\n")
+
+    wait_until(streams_again, 10, what="a stream once descriptors are free")
+    d.wait_log("descriptors free again")
+    c = stream(d, "t")
+    d.control("t=back\n")
+    assert c.read_event()["data"] == "back"

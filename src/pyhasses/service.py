@@ -22,7 +22,7 @@ import time
 from typing import List, Optional
 
 from . import __version__, delivery, http, metrics, tls
-from .connections import Listener, MetricsClient, Refused, Wiring, describe_peer
+from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import ControlHandler
 from .control_channels import ControlClient, FifoReader
 from .daemonize import detach, drop_privileges, give_to_user
@@ -181,13 +181,21 @@ class Daemon:
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
         """Listen: the SSE, control and metrics ports' sockets, bound before."""
-        self.sse_listeners = [Listener(self.wiring, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
+        # Out of descriptors, a client accepted on the reserve gets a 503 on
+        # a plain HTTP port; TLS and control clients are closed without one.
+        busy = None if self.tls is not None else self._busy_answer
+        self.sse_listeners = [Listener(self.wiring, s, self._new_sse_client, f"SSE port {sock_name(s)}",
+                                       busy_answer=busy) for s in sse_socks]
         self.listeners = self.sse_listeners + [
             Listener(self.wiring, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
             for s in control_socks
-        ] + [Listener(self.wiring, s, self._new_metrics_client, f"metrics port {sock_name(s)}") for s in metrics_socks]
+        ] + [Listener(self.wiring, s, self._new_metrics_client, f"metrics port {sock_name(s)}",
+                      busy_answer=self._busy_answer) for s in metrics_socks]
         for listener in self.listeners:
             self.reactor.register(listener.fd, listener)
+
+    def _busy_answer(self) -> bytes:
+        return http.unavailable(delivery.retry_after(self.settings.retry))
 
     def _new_sse_client(self, sock, peer):
         cap = self.settings.max_clients
@@ -243,7 +251,7 @@ class Daemon:
         """What each kind of connection is given (after the reactor exists)."""
         common = dict(reactor=self.reactor, flusher=self.flusher, log=self.log, report=self.report,
                       settings=self.settings, hub=self.hub)
-        self.wiring = Wiring(**common, cors=self.cors)
+        self.wiring = Wiring(**common, cors=self.cors, reserve=DescriptorReserve())
         history = self.history
         rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest)
         self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume)
@@ -320,6 +328,7 @@ class Daemon:
             conn.close("daemon stopping", quiet=True)
         if self.fifo is not None:
             self.fifo.close()
+        self.wiring.reserve.close()
         self.reactor.close()
 
 
