@@ -14,7 +14,7 @@ import pwd
 import sys
 from typing import Callable, Optional
 
-from . import __version__, config
+from . import __version__, config, fifo
 from .settings import (
     Endpoint,
     Settings,
@@ -60,6 +60,13 @@ def _octal(text: str) -> int:
         raise SettingsError(f"not an octal file mode: {text!r}") from None
 
 
+def _group(text: str) -> int:
+    try:
+        return fifo.parse_group(text)
+    except KeyError:
+        raise SettingsError(f"no such group: {text!r}") from None
+
+
 def _loopback_endpoint(text: str) -> Endpoint:
     """``[ADDR:]PORT`` for a port that listens on loopback unless told."""
     return parse_endpoint(text, default_hosts=expand_hosts(["localhost"]))
@@ -100,7 +107,10 @@ OPTIONS = (
     Option((), "--control-bind", "control_bind", "ADDR",
            "address for the control port (default localhost: 127.0.0.1 and ::1; * for every address)",
            parse_host),
-    Option((), "--fifo-mode", "fifo_mode", "OCTAL", "mode of a FIFO the daemon creates (default 0660)", _octal),
+    Option((), "--fifo-mode", "fifo_mode", "OCTAL",
+           "mode of the FIFO (default 0660 for one it creates; given, it is also set on an existing one)", _octal),
+    Option((), "--fifo-group", "fifo_group", "GROUP",
+           "group of the FIFO, so its members may publish (default: the run user's group)", _group),
     Option((), "--handshake-timeout", "handshake_timeout", "SECONDS",
            "close a connection that has not completed its handshake (default 20)",
            parse_seconds),
