@@ -220,6 +220,24 @@ for _opt in OPTIONS:
         _BY_NAME[_name] = _opt
 
 
+def _suggestion(name: str, eq: str, value: str) -> str:
+    """``; did you mean -p=8080?`` for a switch close to a known one: a GNU
+    name with one dash (``-port``), a hasses name with two, or a typo."""
+    import difflib
+
+    opt = _BY_NAME.get("-" + name) or _BY_NAME.get(name.lstrip("-") and "-" + name.lstrip("-"))
+    if opt is None:
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.75)
+        opt = _BY_NAME[close[0]] if close else None
+    if opt is None:
+        return ""
+    if opt.legacy:
+        spelled = f"{opt.legacy[0]}={value}" if opt.metavar else opt.legacy[0]
+    else:
+        spelled = f"{opt.long} {value}" if opt.metavar and eq else opt.long
+    return f"; did you mean {spelled}?"
+
+
 def parse_args(argv) -> dict:
     """argv (without the program name) to a dict of converted values.
     Raises UsageError; returns {"help": True} or {"version": True} early."""
@@ -236,7 +254,7 @@ def parse_args(argv) -> dict:
         name, eq, value = arg.partition("=")
         opt = _BY_NAME.get(name)
         if opt is None or not arg.startswith("-"):
-            raise UsageError(f'unknown switch: "{arg}" (see -h)', EXIT_FAILURE)
+            raise UsageError(f'unknown switch: "{arg}"{_suggestion(name, eq, value)} (see -h)', EXIT_FAILURE)
         if opt.metavar is None:
             if eq:
                 raise UsageError(f"{name} takes no value")
@@ -290,6 +308,10 @@ def main(argv=None) -> int:
     from . import service
 
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("Usage: pyhasses -p=PORT -murl=PATH [-cp=PORT] [-fifo=PATH] [options]\n"
+              "pyhasses: no options given; pyhasses -h lists them all", file=sys.stderr)
+        return EXIT_USAGE
     try:
         raw = parse_args(argv)
         if raw.get("help"):
@@ -298,10 +320,14 @@ def main(argv=None) -> int:
         if raw.get("version"):
             print(f"pyhasses {__version__}")
             return 0
-        settings = build_settings(with_config_file(raw))
+        raw = with_config_file(raw)
+        if raw.get("nodaemon") and "logfile" in raw:
+            print(f"pyhasses: -l={raw['logfile']} is ignored with -nodaemon: the log goes to stdout",
+                  file=sys.stderr)
+        settings = build_settings(raw)
     except config.ConfigError as exc:
         print(f"pyhasses: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.status
     except UsageError as exc:
         print(f"pyhasses: {exc}", file=sys.stderr)
         return exc.status
