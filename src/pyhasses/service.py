@@ -140,7 +140,14 @@ class Daemon:
         return rows
 
     def metrics_text(self) -> str:
-        return metrics.render(self.status_info())
+        return metrics.render(self.status_info(), metrics.process_figures())
+
+    def health(self):
+        """``/healthz``: answered by the loop itself, so an answer means it
+        turns; a draining daemon takes no new streams (503)."""
+        serving = self.draining is None
+        return serving, {"status": "ok" if serving else "draining", "pid": os.getpid(),
+                         "uptime": round(time.time() - self.started, 3), "streams": len(self.hub.streams)}
 
     def _add_tls_status(self, info: dict) -> None:
         """The certificate in use: lines for the status block, keys for tcpstatus."""
@@ -212,10 +219,20 @@ class Daemon:
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
+        self.log.info(f"Listening: {self._addresses(sse_socks, control_socks, metrics_socks)}")
         if ready is not None:
             ready()
         self.reactor.run()
         self.shutdown()
+
+    def _addresses(self, sse_socks, control_socks, metrics_socks) -> str:
+        """Every address the daemon takes input on, for the start-up log."""
+        parts = [f"{kind} on {', '.join(sock_name(s) for s in socks)}"
+                 for kind, socks in (("SSE", sse_socks), ("control", control_socks), ("metrics", metrics_socks))
+                 if socks]
+        if self.fifo is not None:
+            parts.append(f"FIFO {self.settings.fifo}")
+        return "; ".join(parts)
 
     # -- stream lifetime ------------------------------------------------------
     def _lifetime_sweep_interval(self) -> float:
