@@ -160,7 +160,8 @@ def test_the_packaged_config_is_a_working_config():
     assert s.sse == Endpoint(8080) and s.match_url == "/sse"
     assert s.fifo == "/run/pyhasses/fifo" and s.pidfile == "/run/pyhasses/pyhasses.pid"
     assert s.logfile == "/var/log/pyhasses/pyhasses.log"
-    assert s.user is None and s.control is None and not s.ssl
+    # The control port on loopback, where pyhasses-ctl looks by default.
+    assert s.user is None and s.control == Endpoint(8085, ("127.0.0.1", "::1")) and not s.ssl
     # Every commented-out option in it is one pyhasses knows.
     for line in conf.read_text().splitlines():
         if line.startswith("#-"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Daemon, pyhasses_env
+from support import NO_SYSTEM_CHANGE, Daemon, pyhasses_env
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing a FIFO's owner needs root")
 
@@ -47,6 +47,8 @@ def shared_dir():
 @pytest.fixture
 def publisher_group():
     """A group of its own for the test's publisher, removed afterwards."""
+    if NO_SYSTEM_CHANGE:
+        pytest.skip("PYHASSES_TEST_NO_SYSTEM is set: no group is added")
     if shutil.which("groupadd") is None:
         pytest.skip("groupadd is missing")
     name = f"pyhtest{os.getpid() % 100000}"

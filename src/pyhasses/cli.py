@@ -304,6 +304,14 @@ def with_config_file(raw: dict) -> dict:
     return {**config.load(raw.pop("config"), parse_args, UsageError), **raw}
 
 
+def _notice_ignored_log_file(given: dict, merged: dict) -> None:
+    """-l typed with -nodaemon is a mistake worth a line; -l in a config
+    file shared by both modes (the packaged one) is not."""
+    if merged.get("nodaemon"):
+        print(f"pyhasses: -l={given['logfile']} is ignored with -nodaemon: the log goes to stdout",
+              file=sys.stderr)
+
+
 def main(argv=None) -> int:
     from . import service
 
@@ -320,11 +328,9 @@ def main(argv=None) -> int:
         if raw.get("version"):
             print(f"pyhasses {__version__}")
             return 0
-        raw = with_config_file(raw)
-        if raw.get("nodaemon") and "logfile" in raw:
-            print(f"pyhasses: -l={raw['logfile']} is ignored with -nodaemon: the log goes to stdout",
-                  file=sys.stderr)
-        settings = build_settings(raw)
+        if "logfile" in raw:
+            _notice_ignored_log_file(raw, with_config_file(raw))
+        settings = build_settings(with_config_file(raw))
     except config.ConfigError as exc:
         print(f"pyhasses: {exc}", file=sys.stderr)
         return exc.status
