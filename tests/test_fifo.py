@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from support import NO_SYSTEM_CHANGE, Daemon, pyhasses_env
+from support import NO_SYSTEM_CHANGE, Daemon, free_port, pyhasses_env
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing a FIFO's owner needs root")
 
 
 def start(*args, timeout=10):
     """``pyhasses -nodaemon ARGS`` expected to fail at start."""
-    return subprocess.run([sys.executable, "-m", "pyhasses", "-nodaemon", "-p=127.0.0.1:1", "-murl=/sse", *args],
+    return subprocess.run([sys.executable, "-m", "pyhasses", "-nodaemon", f"-p=127.0.0.1:{free_port()}", "-murl=/sse",
+                           *args],
                           capture_output=True, text=True, env=pyhasses_env(), timeout=timeout)
 
 
