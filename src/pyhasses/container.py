@@ -183,8 +183,17 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
         return cli.EXIT_USAGE
     environ.pop("PYHASSES_CONTROL_SECRET", None)  # the daemon needs only the file
     print(f"{NAME}: {shlex.join(daemon_argv)}", flush=True)
-    os.execvpe(daemon_argv[0], daemon_argv, environ)
+    os.execve(*_daemon_program(daemon_argv), environ)
     return 1  # not reached: exec replaced this process
+
+
+def _daemon_program(daemon_argv: List[str]):
+    """The ``pyhasses`` script installed beside this interpreter (so that
+    the process is named pyhasses), else this interpreter's ``-m pyhasses``."""
+    script = os.path.join(os.path.dirname(sys.executable), "pyhasses")
+    if os.access(script, os.X_OK):
+        return script, [script, *daemon_argv[1:]]
+    return sys.executable, [sys.executable, "-m", "pyhasses", *daemon_argv[1:]]
 
 
 if __name__ == "__main__":
