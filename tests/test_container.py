@@ -360,3 +360,114 @@ def test_the_health_check_passes_while_the_daemon_serves(start):
     c.wait_listening(c.metrics_port)
     health = podman("healthcheck", "run", c.name, check=False)
     assert health.returncode == 0 and health.stdout.strip() == "healthy", health.stdout + health.stderr
+
+
+# -- examples/compose ------------------------------------------------------
+
+COMPOSE = ROOT / "examples" / "compose"
+
+
+def compose_dry_run(tmp_path, *files) -> str:
+    """What podman-compose would run for these files (nothing is run): the
+    files parse, merge, and name what the README says."""
+    if shutil.which("podman-compose") is None:
+        pytest.skip("podman-compose is not installed (scripts/deps.d/container.sh installs it)")
+    copy = tmp_path / "examples" / "compose"
+    shutil.copytree(COMPOSE, copy)
+    shutil.copy(ROOT / "Dockerfile", tmp_path)  # the build context, ../.. of the compose files
+    (copy / "control-secret").write_text("a secret\n")
+    args = [a for f in files for a in ("-f", f)]
+    r = subprocess.run(["podman-compose", "--dry-run", *args, "up", "-d"], cwd=copy, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def test_the_compose_example_keeps_the_control_port_inside_and_mounts_the_secret(tmp_path):
+    out = compose_dry_run(tmp_path, "compose.yaml")
+    runs = [line for line in out.splitlines() if line.startswith("podman run ")]
+    assert len(runs) == 2, out
+    daemon, backend = sorted(runs, key=lambda line: "service=publisher" in line)
+    assert "-p 8080:8080" in daemon and "8085" not in daemon
+    assert "-p 8000:8000" in backend and "python3 /app/app.py" in backend
+    for line in runs:
+        assert "./control-secret:/run/secrets/pyhasses_control_secret:ro" in line
+
+
+def test_the_compose_cluster_adds_redis_a_second_node_and_nginx(tmp_path):
+    out = compose_dry_run(tmp_path, "compose.yaml", "compose.cluster.yaml")
+    runs = [line for line in out.splitlines() if line.startswith("podman run ")]
+    services = sorted(re.search(r"com\.docker\.compose\.service=(\S+)", line).group(1) for line in runs)
+    assert services == ["nginx", "publisher", "pyhasses", "pyhasses2", "redis"], out
+    for line in runs:
+        if "service=pyhasses" in line:
+            assert "PYHASSES_OPTS=--redis redis://redis:6379/0" in line
+    assert "-p 8081:8081" in next(line for line in runs if "service=nginx" in line)
+
+
+def test_the_compose_nginx_configuration_is_valid(tmp_path):
+    """nginx -t on the example's file, with the compose service names (which
+    only resolve on the compose network) replaced by loopback."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.access(nginx, os.X_OK):
+        pytest.skip("nginx is not installed (scripts/deps.d/delivery.sh installs it)")
+    text = (COMPOSE / "nginx.conf").read_text()
+    assert "server pyhasses:8080;" in text and "server pyhasses2:8080;" in text
+    text = re.sub(r"server pyhasses2?:8080;", "server 127.0.0.1:8080;", text)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text.replace("listen 8081;", f"listen 127.0.0.1:{free_port()};"))
+    r = subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+                        "-g", f"pid {tmp_path}/nginx.pid;", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def backend(start, c, secret_args=()):
+    """The compose example's publisher backend in its own container, on a
+    free loopback port, publishing to container ``c``; its port."""
+    port = free_port()
+    b = start("python3", "/app/app.py", env={"LISTEN": f"127.0.0.1:{port}",
+                                             "PYHASSES_CONTROL": f"127.0.0.1:{c.control_port}"},
+              podman_args=["-v", f"{COMPOSE / 'publisher'}:/app:ro", *secret_args])
+    b.wait_listening(port)
+    return port
+
+
+def post_form(port, **fields):
+    import urllib.parse
+    import urllib.request
+
+    body = urllib.parse.urlencode(fields).encode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", data=body, timeout=15) as answer:
+        return answer.status, json.loads(answer.read())
+
+
+def test_the_compose_backend_page_publishes_on_a_form_post(start):
+    c = start()
+    c.wait_listening(c.control_port)
+    port = backend(start, c)
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=15) as page:
+        assert "new EventSource(url)" in page.read().decode()
+    stream = c.stream("room1")
+    status, ack = post_form(port, to="room1", data="from the form; with = and ;")
+    assert status == 200 and ack["ok"] and ack["delivered"] == 1, ack
+    assert stream.read_event(timeout=10)["data"] == "from the form; with = and ;"
+    stream.close()
+
+
+@needs_control_secret
+def test_the_compose_backend_publishes_with_the_mounted_secret(start, tmp_path):
+    (tmp_path / "control-secret").write_text(SECRET + "\n")
+    os.chmod(tmp_path / "control-secret", 0o644)  # as compose's file secrets are: a bind mount
+    mount = ["-v", f"{tmp_path / 'control-secret'}:/run/secrets/pyhasses_control_secret:ro"]
+    c = start(podman_args=mount)
+    c.wait_listening(c.control_port)
+    assert listening_addresses(c.control_port) & WILDCARDS
+    port = backend(start, c, mount)
+    stream = c.stream("room1")
+    status, ack = post_form(port, to="room1", data="with the secret")
+    assert status == 200 and ack["delivered"] == 1, ack
+    assert stream.read_event(timeout=10)["data"] == "with the secret"
+    stream.close()

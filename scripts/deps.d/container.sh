@@ -5,5 +5,6 @@
 # set-up of some machines (the tests run podman --runtime runc).  The tests
 # run podman as root with --network host and podman's own overlay storage,
 # so rootless helpers (uidmap, slirp4netns, fuse-overlayfs) are not needed.
+# podman-compose reads examples/compose/ (its files must parse).
 # Optional: without them the container tests skip and say why.
-exec "$(dirname "$0")/../apt-install" --optional "container tests" podman runc debootstrap
+exec "$(dirname "$0")/../apt-install" --optional "container tests" podman runc debootstrap podman-compose
