@@ -362,6 +362,66 @@ def test_the_health_check_passes_while_the_daemon_serves(start):
     assert health.returncode == 0 and health.stdout.strip() == "healthy", health.stdout + health.stderr
 
 
+
+def test_a_fifo_in_the_container_takes_what_podman_exec_writes(start):
+    c = start(env={"PYHASSES_FIFO": "/run/pyhasses/fifo"})
+    c.wait_listening(c.control_port)
+    stream = c.stream("room1")
+    wait_until(lambda: podman("exec", c.name, "test", "-p", "/run/pyhasses/fifo", check=False).returncode == 0,
+               10, interval=0.2, what="the FIFO")
+    podman("exec", c.name, "sh", "-c", "echo 'room1=through the FIFO' > /run/pyhasses/fifo")
+    assert stream.read_event(timeout=10)["data"] == "through the FIFO"
+    stream.close()
+
+
+def readme_container_section() -> str:
+    text = (ROOT / "README.rst").read_text()
+    return text[text.index("\nContainer\n---------\n"):text.index(".. -- delivery --")]
+
+
+@needs_control_secret
+def test_the_readme_way_publishes_from_another_container_on_a_container_network(image, tmp_path):
+    """README.rst's commands, on a podman network of their own (names made
+    unique, the stream port on host loopback), instead of the host's."""
+    section = readme_container_section()
+    assert "podman secret create pyhasses_control_secret control-secret" in section
+    assert "--secret pyhasses_control_secret,uid=10001,mode=0400 pyhasses" in section
+    (publish_line,) = [line for line in section.splitlines() if "/dev/tcp/pyhasses/8085" in line]
+    tag = uuid.uuid4().hex[:10]
+    net, name, secret = f"pyhasses-test-net-{tag}", f"pyhasses-test-{tag}", f"pyhasses-test-secret-{tag}"
+    (tmp_path / "control-secret").write_text(SECRET + "\n")
+    podman("network", "create", net)
+    try:
+        if '"dns_enabled": true' not in podman("network", "inspect", net).stdout:
+            pytest.skip("podman networks have no name resolution here "
+                        "(golang-github-containernetworking-plugin-dnsname; scripts/deps.d/container.sh)")
+        podman("secret", "create", secret, str(tmp_path / "control-secret"))
+        port = free_port()
+        podman("run", "-d", "--name", name, "--network", net, "-p", f"127.0.0.1:{port}:8080", *ULIMITS,
+               "--secret", f"{secret},target=pyhasses_control_secret,uid=10001,mode=0400", image)
+        stream = None
+
+        def stream_open():
+            nonlocal stream
+            try:
+                stream = SseClient("127.0.0.1", port, timeout=10)
+                stream.request("GET /sse?subscribe=room1 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+                stream.read_handshake(timeout=5)
+                return True
+            except (OSError, EOFError, TimeoutError, AssertionError):
+                return False
+
+        wait_until(stream_open, 30, interval=0.5, what="a stream through the published port")
+        script = publish_line.split("bash -c ", 1)[1].strip().strip("'").replace("/dev/tcp/pyhasses/", f"/dev/tcp/{name}/")
+        podman("run", "--rm", "--network", net, *ULIMITS, "-v", f"{tmp_path / 'control-secret'}:/secret:ro",
+               image, "bash", "-c", script)
+        assert stream.read_event(timeout=10)["data"] == "hello from another container"
+        stream.close()
+    finally:
+        podman("rm", "-f", "-t", "2", name, check=False, timeout=60)
+        podman("secret", "rm", secret, check=False)
+        podman("network", "rm", net, check=False)
+
 # -- examples/compose ------------------------------------------------------
 
 COMPOSE = ROOT / "examples" / "compose"
