@@ -437,8 +437,13 @@ def compose_dry_run(tmp_path, *files) -> str:
     shutil.copy(ROOT / "Dockerfile", tmp_path)  # the build context, ../.. of the compose files
     (copy / "control-secret").write_text("a secret\n")
     args = [a for f in files for a in ("-f", f)]
-    r = subprocess.run(["podman-compose", "--dry-run", *args, "up", "-d"], cwd=copy, capture_output=True,
-                       text=True, timeout=120)
+    project = f"pyhasses-test-{uuid.uuid4().hex[:10]}"
+    try:
+        r = subprocess.run(["podman-compose", "--dry-run", "-p", project, *args, "up", "-d"], cwd=copy,
+                           capture_output=True, text=True, timeout=120)
+    finally:  # podman-compose 1.0 creates the project's network even in a dry run
+        if PODMAN:
+            podman("network", "rm", "-f", f"{project}_default", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout + r.stderr
 
@@ -531,3 +536,61 @@ def test_the_compose_backend_publishes_with_the_mounted_secret(start, tmp_path):
     assert status == 200 and ack["delivered"] == 1, ack
     assert stream.read_event(timeout=10)["data"] == "with the secret"
     stream.close()
+
+
+@needs_control_secret
+@pytest.mark.timeout(900)
+def test_compose_up_to_a_browser_page_receiving_what_the_form_posts(image, tmp_path):
+    """examples/compose as its README runs it, with podman-compose: the page
+    of the publisher container, in Chromium, receives from the pyhasses
+    container what its form posts.  In a copy of the example: the host ports
+    are free loopback ports, and the image is the one built here."""
+    if shutil.which("podman-compose") is None:
+        pytest.skip("podman-compose is not installed (scripts/deps.d/container.sh installs it)")
+    from test_browser import WAIT_MS, Chromium  # skips without Chromium or Playwright
+
+    copy = tmp_path / "compose"
+    shutil.copytree(COMPOSE, copy)
+    (copy / "control-secret").write_text(SECRET + "\n")
+    os.chmod(copy / "control-secret", 0o644)
+    stream_port, page_port = free_port(), free_port()
+    text = (copy / "compose.yaml").read_text()
+    for old, new in (('"8080:8080"', f'"127.0.0.1:{stream_port}:8080"'),
+                     ('"8000:8000"', f'"127.0.0.1:{page_port}:8000"'),
+                     ('STREAM_PORT: "8080"', f'STREAM_PORT: "{stream_port}"'),
+                     ("image: localhost/pyhasses:example", f"image: {image}")):
+        assert old in text
+        text = text.replace(old, new)
+    (copy / "compose.yaml").write_text(text)
+    project = f"pyhasses-test-{uuid.uuid4().hex[:10]}"
+    compose = ["podman-compose", "-p", project, "--podman-args", " ".join(PODMAN_FLAGS),
+               "--podman-run-args", " ".join(ULIMITS)]
+    browser = None
+    try:
+        up = subprocess.run([*compose, "up", "-d"], cwd=copy, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        import socket
+
+        def page_up():
+            try:
+                socket.create_connection(("127.0.0.1", page_port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(page_up, 60, interval=0.5, what="the publisher page")
+        browser = Chromium(tmp_path / "profile")
+        page = browser.connect().contexts[0].new_page()
+        page.goto(f"http://127.0.0.1:{page_port}/", timeout=WAIT_MS)
+        page.wait_for_function("document.getElementById('state').textContent.startsWith('stream open')",
+                               timeout=WAIT_MS)
+        page.fill("input[name=data]", "posted in a browser")
+        page.click("button")
+        page.wait_for_function("document.querySelector('#events li')?.textContent === 'posted in a browser'",
+                               timeout=WAIT_MS)
+        assert '"delivered": 1' in page.text_content("#state")
+    finally:
+        if browser is not None:
+            browser.end()
+        subprocess.run([*compose, "down", "-t", "2"], cwd=copy, capture_output=True, timeout=300)
+        podman("network", "rm", "-f", f"{project}_default", check=False)
