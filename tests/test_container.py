@@ -29,9 +29,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -166,8 +170,6 @@ class Container:
         return self.state()["Running"]
 
     def wait_listening(self, port, timeout=30.0):
-        import socket
-
         def listening():
             if not self.running():
                 raise AssertionError(f"container exited:\n{self.logs()}")
@@ -330,9 +332,6 @@ def test_publishing_over_the_network_needs_the_control_secret(start, image, tmp_
 
 @needs_publisher_key
 def test_http_publishing_with_a_publisher_key(start, tmp_path):
-    import urllib.error
-    import urllib.request
-
     import jwt
 
     key = "container-test-publisher-key-of-32-bytes"
@@ -502,9 +501,6 @@ def backend(start, c, secret_args=()):
 
 
 def post_form(port, **fields):
-    import urllib.parse
-    import urllib.request
-
     body = urllib.parse.urlencode(fields).encode()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", data=body, timeout=15) as answer:
         return answer.status, json.loads(answer.read())
@@ -514,8 +510,6 @@ def test_the_compose_backend_page_publishes_on_a_form_post(start):
     c = start()
     c.wait_listening(c.control_port)
     port = backend(start, c)
-    import urllib.request
-
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=15) as page:
         assert "new EventSource(url)" in page.read().decode()
     stream = c.stream("room1")
@@ -572,8 +566,6 @@ def test_compose_up_to_a_browser_page_receiving_what_the_form_posts(image, tmp_p
     try:
         up = subprocess.run([*compose, "up", "-d"], cwd=copy, capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        import socket
-
         def page_up():
             try:
                 socket.create_connection(("127.0.0.1", page_port), timeout=0.5).close()

@@ -33,7 +33,7 @@ from .settings import SettingsError
 
 NAME = "pyhasses-container"
 
-#: Variable -> (default, what it becomes).  README.rst lists the same.
+#: The variables' defaults (README.rst, section Container, lists what each becomes).
 DEFAULTS = {
     "PYHASSES_SSE_PORT": "8080",
     "PYHASSES_URL": "/sse",
