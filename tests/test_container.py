@@ -365,10 +365,12 @@ def test_the_health_check_passes_while_the_daemon_serves(start):
 
 
 
-def test_a_fifo_in_the_container_takes_what_podman_exec_writes(start):
+def test_podman_exec_publishes_with_pyhasses_ctl_and_through_a_fifo(start):
     c = start(env={"PYHASSES_FIFO": "/run/pyhasses/fifo"})
     c.wait_listening(c.control_port)
     stream = c.stream("room1")
+    podman("exec", c.name, "pyhasses-ctl", "--port", str(c.control_port), "send", "room1", "through pyhasses-ctl")
+    assert stream.read_event(timeout=10)["data"] == "through pyhasses-ctl"
     wait_until(lambda: podman("exec", c.name, "test", "-p", "/run/pyhasses/fifo", check=False).returncode == 0,
                10, interval=0.2, what="the FIFO")
     podman("exec", c.name, "sh", "-c", "echo 'room1=through the FIFO' > /run/pyhasses/fifo")
