@@ -21,7 +21,7 @@ import os
 import socket
 from typing import Callable, Optional
 
-from . import http
+from . import http, metrics
 from .outbox import Outbox
 from .reactor import ERROR, READABLE, WRITABLE
 
@@ -416,8 +416,8 @@ class Refused(Connection):
 
 
 class MetricsClient(Connection):
-    """A scraper on ``--metrics-port``: one request, ``GET /metrics``, one
-    answer, close."""
+    """A scraper on ``--metrics-port``: one request (``/metrics``,
+    ``/healthz``; GET or HEAD), one answer, close."""
 
     kind = "metrics client"
 
@@ -433,19 +433,9 @@ class MetricsClient(Connection):
         item = self.reader.feed(data)
         if item is None:
             return
-        if isinstance(item, http.BadHead):
-            status, reason = item.status, item.reason
-        elif item.method != b"GET":
-            status, reason = 501, f"method {item.method[:40]!r} not implemented"
-        elif http.origin_form(item.target).partition(b"?")[0] != b"/metrics":
-            status, reason = 404, f"unknown URL {item.target[:200]!r}"
-        else:
-            status, reason = 200, None
-        if reason is None:
-            answer = http.metrics_answer(self.render().encode())
-        else:
-            self.ctx.log.info(f"Metrics client {self.peer}: {reason}; answered {status} and closing")
-            answer = http.error(status, self.ctx.cors)
+        answer, reason = metrics.answer(item, self.render, self.ctx.health, self.ctx.cors)
+        if reason is not None:
+            self.ctx.log.info(f"Metrics client {self.peer}: {reason} and closing")
         self.write(answer)
         self.close_after_flush()
 

@@ -128,15 +128,21 @@ def unavailable(retry_after: int) -> bytes:
     ))
 
 
-def metrics_answer(body: bytes) -> bytes:
-    """``GET /metrics`` on the metrics port: the Prometheus text format."""
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+METRICS_STATUS = {200: b"HTTP/1.1 200 OK\r\n", 503: b"HTTP/1.1 503 Service Unavailable\r\n"}
+
+
+def metrics_answer(body: bytes, status: int = 200, content_type: bytes = PROMETHEUS_TEXT,
+                   head_only: bool = False) -> bytes:
+    """An answer on the metrics port (the Prometheus text by default);
+    HEAD gets the same head without the body."""
     return b"".join((
-        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
-        b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+        METRICS_STATUS[status], http_date(), SERVER,
+        b"Content-Type: ", content_type, b"\r\n",
         b"Cache-Control: no-cache\r\n",
         b"Content-Length: %d\r\n" % len(body),
         b"Connection: close\r\n\r\n",
-        body,
+        b"" if head_only else body,
     ))
 
 

@@ -16,16 +16,15 @@ import errno
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from typing import List, Optional
 
-from . import __version__, delivery, http, metrics, tls
+from . import __version__, delivery, fifo, http, metrics, tls
 from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import ControlHandler
 from .control_channels import ControlClient, FifoReader
-from .daemonize import detach, drop_privileges, give_to_user
+from .daemonize import detach, drop_privileges
 from .errors import ErrorReport, StartError
 from .flushqueue import FlushQueue
 from .history import History
@@ -161,7 +160,14 @@ class Daemon:
         return rows
 
     def metrics_text(self) -> str:
-        return metrics.render(self.status_info())
+        return metrics.render(self.status_info(), metrics.process_figures())
+
+    def health(self):
+        """``/healthz``: answered by the loop itself, so an answer means it
+        turns; a draining daemon takes no new streams (503)."""
+        serving = self.draining is None
+        return serving, {"status": "ok" if serving else "draining", "pid": os.getpid(),
+                         "uptime": round(time.time() - self.started, 3), "streams": len(self.hub.streams)}
 
     def _add_tls_status(self, info: dict) -> None:
         """The certificate in use: lines for the status block, keys for tcpstatus."""
@@ -242,6 +248,7 @@ class Daemon:
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
+        self.log.info(f"Listening: {self._addresses(sse_socks, control_socks, metrics_socks)}")
         if ready is not None:
             ready()
         self.reactor.run()
@@ -251,11 +258,20 @@ class Daemon:
         """What each kind of connection is given (after the reactor exists)."""
         common = dict(reactor=self.reactor, flusher=self.flusher, log=self.log, report=self.report,
                       settings=self.settings, hub=self.hub)
-        self.wiring = Wiring(**common, cors=self.cors, reserve=DescriptorReserve())
+        self.wiring = Wiring(**common, cors=self.cors, health=self.health, reserve=DescriptorReserve())
         history = self.history
         rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest)
         self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume)
         self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients)
+
+    def _addresses(self, sse_socks, control_socks, metrics_socks) -> str:
+        """Every address the daemon takes input on, for the start-up log."""
+        parts = [f"{kind} on {', '.join(sock_name(s) for s in socks)}"
+                 for kind, socks in (("SSE", sse_socks), ("control", control_socks), ("metrics", metrics_socks))
+                 if socks]
+        if self.fifo is not None:
+            parts.append(f"FIFO {self.settings.fifo}")
+        return "; ".join(parts)
 
     # -- stream lifetime ------------------------------------------------------
     def _lifetime_sweep_interval(self) -> float:
@@ -385,28 +401,6 @@ def _listen(family: int, host: str, port: int, v6only: bool = True) -> socket.so
     return sock
 
 
-def open_fifo(path: str, mode: int) -> int:
-    """Create the FIFO if missing (mode as given, not world-writable by
-    default) and open it read-write, so writers closing never end it."""
-    try:
-        # The FIFO appears with the mode asked, never first with the umask's
-        # (a publisher or a test may look at it the moment it exists).
-        old_umask = os.umask(0)
-        try:
-            os.mkfifo(path, mode)
-        finally:
-            os.umask(old_umask)
-    except FileExistsError:
-        if not stat.S_ISFIFO(os.stat(path).st_mode):
-            raise StartError(f"-fifo={path} exists and is not a FIFO")
-    except OSError as exc:
-        raise StartError(f"cannot create FIFO {path}: {exc.strerror}") from None
-    try:
-        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StartError(f"cannot open FIFO {path}: {exc.strerror}") from None
-
-
 class PidFile:
     """The pid file: refuses a live owner, replaces a stale one, removed at exit."""
 
@@ -488,14 +482,11 @@ def run(settings: Settings) -> int:
                 log.info(f"Control port listens on {where} (loopback only)")
             else:
                 log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
-        fifo_is_new = bool(settings.fifo) and not os.path.lexists(settings.fifo)
-        fifo_fd = open_fifo(settings.fifo, settings.fifo_mode) if settings.fifo else None
+        fifo_fd = _open_fifo(settings, log)
         if fifo_fd is not None:
             opened.append(fifo_fd)
-        if fifo_is_new and settings.user:
-            give_to_user(settings.fifo, settings.user)
     except StartError as exc:
-        return _fail(log, str(exc), opened)
+        return _fail(log, str(exc), opened, foreground=settings.nodaemon)
 
     daemon_context = report = None
     if not settings.nodaemon:
@@ -505,7 +496,7 @@ def run(settings: Settings) -> int:
             drop_privileges(settings.user)
         pidfile.write()
     except StartError as exc:
-        return _fail(log, str(exc), opened, report)
+        return _fail(log, str(exc), opened, report, foreground=settings.nodaemon)
 
     daemon = Daemon(settings, log, tls_setup)
     log.info("=== daemon starting ===")
@@ -541,6 +532,19 @@ def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
     return setup
 
 
+def _open_fifo(settings: Settings, log: Log) -> Optional[int]:
+    if not settings.fifo:
+        return None
+    policy = fifo.policy_for(settings.fifo_mode, settings.fifo_group, settings.user)
+    try:
+        fd = fifo.open_fifo(settings.fifo, policy)
+    except fifo.FifoError as exc:
+        raise StartError(str(exc)) from None
+    for line in fifo.describe(fd, settings.fifo):
+        log.info(line)
+    return fd
+
+
 def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:
     try:
         return bind_endpoint(endpoint)
@@ -553,13 +557,16 @@ def _is_loopback(sock: socket.socket) -> bool:
     return host.startswith("127.") or host == "::1"
 
 
-def _fail(log: Log, reason: str, opened: list, report=None) -> int:
+def _fail(log: Log, reason: str, opened: list, report=None, foreground: bool = False) -> int:
+    """Close what was opened and say why, once where a person reads it: in
+    the foreground the log is the terminal, so only stderr gets the reason."""
     for item in opened:
         try:
             item.close() if hasattr(item, "close") else os.close(item)
         except OSError:
             pass
-    log.error(f"Error: {reason}. Exiting...")
+    if not foreground:
+        log.error(f"Error: {reason}. Exiting...")
     if report is not None:
         report.failed(reason)  # stderr is /dev/null once detached
     else:
