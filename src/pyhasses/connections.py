@@ -196,7 +196,11 @@ class Listener:
         """One non-blocking try: the answer is small and the socket's buffer
         empty.  What the client sent is read first, so that the close ends
         with a FIN after the answer rather than a reset that may discard it."""
-        conn = socket.socket(fileno=fd)
+        try:
+            conn = socket.socket(self.sock.family, self.sock.type, self.sock.proto, fileno=fd)
+        except OSError:
+            os.close(fd)
+            return
         try:
             if self.busy_answer is not None:
                 try:
