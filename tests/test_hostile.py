@@ -451,7 +451,12 @@ def test_out_of_descriptors_every_client_gets_a_503_or_a_stream(daemon_factory):
         assert len(streams) + len(busy) == len(clients), [a[:40] for a in answers]
         assert streams and busy  # as many streams as descriptors were free, about
         assert all(b"\r\nRetry-After: " in a for a in busy)
-        assert d.log().count("out of descriptors") == 1  # once per burst
+        # Logged once per burst, not once per client: a burst ends when an
+        # accept works again (a descriptor the daemon held, such as the
+        # readiness probe's connection, may be freed meanwhile).
+        log = d.log()
+        bursts, ends = log.count("out of descriptors"), log.count("descriptors free again")
+        assert bursts - ends in (0, 1) and bursts <= 3 < len(busy), log
         assert d.alive()
     finally:
         for s in clients:
