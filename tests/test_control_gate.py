@@ -122,3 +122,14 @@ def test_a_flood_of_empty_lines_is_not_held_forever():
     assert g.feed(b"\r\n" * 100) == []
     assert g.feed(b"\r\n" * 10000) == [] and g.pending == 0  # judged: control input, empty parts dropped
     assert g.feed(b"room1=x\n") == [b"room1=x"]
+
+
+def test_a_long_token_before_its_equals_sign_is_control_input():
+    """A method is short: a first part of tens of KB of token characters (a
+    publisher's over-long id, refused later with a reason) is no request."""
+    assert foreign_protocol(b"x-" + b"u" * 40000) == ""
+    assert foreign_protocol(b"u" * 33) == ""
+    assert foreign_protocol(b"u" * 32) is None  # may still be a method
+    g = gate()
+    out = g.feed(b"x-" + b"u" * 40000 + b"=m\nroom1=after\n")
+    assert out == [b"x-" + b"u" * 40000 + b"=m", b"room1=after"]

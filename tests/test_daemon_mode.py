@@ -359,13 +359,20 @@ def test_log_the_user_cannot_reopen_keeps_the_daemon_serving(daemon_run, user_di
         rotated = logdir / "pyhasses.log.1"
         run.logfile.rename(rotated)
         os.kill(run.pid, signal.SIGHUP)
+        # Only then a client: a line logged before the signal is read would
+        # note the failure itself, and the SIGHUP would rightly say it again.
+        wait_until(lambda: "not reopened" in rotated.read_text(), 5, what="the SIGHUP's line")
         client = sse_get(run.port, "room1")
         recv_until(client, b"\r\n\r\n")
         run.control("room1=still here\n")
         recv_until(client, b"data: still here\n")
         client.close()
         wait_until(lambda: "Connect from" in rotated.read_text(), 5, what="lines in the old file")
-        assert "cannot reopen log file" in rotated.read_text()
+        text = rotated.read_text()
+        # The SIGHUP says it failed, once, and never that it worked.
+        assert "SIGHUP: log file not reopened: cannot reopen log file" in text
+        assert text.count("cannot reopen log file") == 1, text
+        assert "SIGHUP: log file reopened" not in text
         assert not process_gone(run.pid)
         run.stop()
     finally:

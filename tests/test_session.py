@@ -347,3 +347,32 @@ def test_a_publish_that_expects_100_continue_gets_it_once_its_token_and_length_p
     sess, _ = make_access()
     [refused] = sess.receive(head.replace(b"Authorization: Bearer", b"X-Nothing:"))
     assert isinstance(refused, Answer) and refused.status == 401
+
+
+def test_a_stream_request_with_a_body_is_400_with_or_without_reinit():
+    """Issue 15 point 4: one request is one request."""
+    head = GET[:-2]
+    for reinit in (False, True):
+        for fields in (b"Content-Length: 5\r\n", b"Content-Length: 05\r\n", b"Transfer-Encoding: chunked\r\n"):
+            for request in (head, b"HEAD /sse HTTP/1.1\r\n", b"OPTIONS /sse HTTP/1.1\r\n"):
+                sess, _ = make(reinit=reinit)
+                [action] = sess.receive(request + fields + b"\r\nhello")
+                assert isinstance(action, Answer) and action.status == 400, (reinit, fields, request)
+                assert b"Connection: close\r\n" in action.data and sess.state == session.END
+
+
+def test_a_get_whose_body_holds_a_second_request_is_answered_once_and_never_subscribes():
+    """The issue's exploit: under -ra the body's GET used to re-subscribe
+    the stream to a token the outer request never named."""
+    inner = GET.replace(b"a-b", b"secret")
+    outer = GET[:-2] + b"Content-Length: %d\r\n\r\n" % len(inner) + inner
+    sess, _ = make(reinit=True)
+    actions = sess.receive(outer)
+    assert [type(a) for a in actions] == [Answer] and actions[0].status == 400
+    assert sess.receive(inner) == []  # answered: nothing more is read
+
+
+def test_content_length_zero_is_no_body():
+    sess, _ = make()
+    [action] = sess.receive(GET[:-2] + b"Content-Length: 0\r\n\r\n")
+    assert isinstance(action, Subscribe)

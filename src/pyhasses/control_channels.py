@@ -20,7 +20,7 @@ import struct
 import time
 
 from .connections import RECV_SIZE, RETRY, Connection
-from .control import Framer, Gate, Refusal
+from .control import Framer, Gate, PipeReads, Refusal
 from .reactor import READABLE
 
 
@@ -29,11 +29,12 @@ class ControlInput:
     unterminated tail, and running each part.  ``reply`` takes the answer
     bytes of a TCP writer; the FIFO has nobody to answer."""
 
-    def __init__(self, ctx, channel: str, reply=None, replied=None, refused=None, secret=None):
+    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None, refused=None, secret=None):
         self.ctx = ctx
         self.channel = channel
         self.reply = reply
         self.replied = replied  # called after each run of parts, their events queued
+        self.on_finish = on_finish  # called when a held tail is taken as whole
         self.refused = refused  # a socket's: called with a control.Refusal, nothing of it run
         self.secret = secret
         self.framer = self._new_framer()
@@ -45,8 +46,12 @@ class ControlInput:
         # FIFO only by those its file mode lets in.
         return Gate(framer, self.secret) if self.refused is not None else framer
 
-    def feed(self, data: bytes) -> None:
-        self._run(self.framer.feed(data))
+    def feed(self, data: bytes, complete: bool = False) -> None:
+        """``complete``: the tail of ``data`` is a whole part (FIFO reads)."""
+        items = self.framer.feed(data)
+        if complete:
+            items += self.framer.finish()
+        self._run(items)
         reactor = self.ctx.reactor
         reactor.cancel(self._idle)
         self._idle = None
@@ -56,6 +61,8 @@ class ControlInput:
     def finish(self) -> None:
         """End of input, or the writer went idle: the tail is a whole part."""
         self.cancel()
+        if self.on_finish is not None:
+            self.on_finish()
         self._run(self.framer.finish())
 
     def cancel(self) -> None:
@@ -189,7 +196,8 @@ class FifoReader:
         self.ctx = ctx
         self.fd = fd
         self.path = path
-        self.input = ControlInput(ctx, "fifo")
+        self.reads = PipeReads(RECV_SIZE)
+        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset)
         ctx.reactor.register(fd, self, READABLE)
 
     def on_events(self, mask: int) -> None:
@@ -200,11 +208,18 @@ class FifoReader:
                 return
             raise
         if data:
-            self.input.feed(data)
+            if self.reads.ends_part(len(data)):
+                # what one read brings is one writer's: never merged with the next
+                self.input.feed(data, complete=True)
+            else:
+                self.input.feed(data)
+                if not self.input.framer.pending:
+                    self.reads.reset()  # nothing left to continue
 
     def on_failure(self, exc: Exception) -> None:
         self.ctx.report(f"FIFO {self.path}: internal error {exc!r}; input discarded", exc)
         self.input.reset()
+        self.reads.reset()
 
     def close(self) -> None:
         self.ctx.reactor.unregister(self.fd)

@@ -59,17 +59,6 @@ def drop_privileges(user: str) -> None:
     os.environ["USER"] = os.environ["LOGNAME"] = user
 
 
-def give_to_user(path: str, user: str) -> None:
-    """A FIFO created as root for ``-user``: the user's, so that publishers
-    running as that user or in its group may write to it (hasses made it
-    0666 for everyone; the mode stays the operator's, default 0660)."""
-    entry = pwd.getpwnam(user)
-    try:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    except OSError as exc:
-        raise StartError(f"cannot give FIFO {path} to user {user}: {exc.strerror}") from None
-
-
 class StartReport:
     """The detached daemon's end of the pipe to the waiting command."""
 

@@ -128,15 +128,21 @@ def unavailable(retry_after: int) -> bytes:
     ))
 
 
-def metrics_answer(body: bytes) -> bytes:
-    """``GET /metrics`` on the metrics port: the Prometheus text format."""
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+METRICS_STATUS = {200: b"HTTP/1.1 200 OK\r\n", 503: b"HTTP/1.1 503 Service Unavailable\r\n"}
+
+
+def metrics_answer(body: bytes, status: int = 200, content_type: bytes = PROMETHEUS_TEXT,
+                   head_only: bool = False) -> bytes:
+    """An answer on the metrics port (the Prometheus text by default);
+    HEAD gets the same head without the body."""
     return b"".join((
-        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
-        b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+        METRICS_STATUS[status], http_date(), SERVER,
+        b"Content-Type: ", content_type, b"\r\n",
         b"Cache-Control: no-cache\r\n",
         b"Content-Length: %d\r\n" % len(body),
         b"Connection: close\r\n\r\n",
-        body,
+        b"" if head_only else body,
     ))
 
 
@@ -424,6 +430,12 @@ def decide(head: RequestHead, match_url: str, max_token_length: int, max_subscri
         return FixedAnswer(404, "error", f"unknown URL {head.target[:200].decode('latin-1')!r}")
     if head.version != "1.1":
         return FixedAnswer(501, "error", f"protocol HTTP/{head.version} not supported")
+    if has_body(head):
+        # A stream request carries no body.  Reading one as "bytes sent
+        # after the handshake" would let a body hold a second request that
+        # -ra obeys: a proxy that checks only the outer URL would let a
+        # client subscribe to any token (issue 15 point 4).
+        return FixedAnswer(400, "error", "a stream request with a body")
     if method == b"HEAD":
         return FixedAnswer(200, "head", "HEAD request")
     if method == b"OPTIONS":
@@ -442,6 +454,15 @@ def decide(head: RequestHead, match_url: str, max_token_length: int, max_subscri
     agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
     return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head,
                          last_event_id=last_event_id(head, params))
+
+
+def has_body(head: RequestHead) -> bool:
+    """RFC 9112 6.3: any Transfer-Encoding, or a Content-Length above 0
+    (parse_head already refused a malformed or repeated one)."""
+    if head.header(b"transfer-encoding") is not None:
+        return True
+    length = head.header(b"content-length")
+    return length is not None and length.strip().lstrip(b"0") != b""
 
 
 def last_event_id(head: RequestHead, params: dict) -> Optional[str]:

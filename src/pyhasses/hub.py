@@ -54,6 +54,9 @@ def parse_target(text: str, max_token_length: int) -> Target:
         text, except_id = text[:dash], text[dash + 1:]
         if not except_id:
             raise RoutingError("empty id after '-'")
+        if len(except_id) > max_token_length:
+            # Held with the event (and in this cache): as bounded as a token.
+            raise RoutingError(f"id after '-' longer than {max_token_length} characters")
     if not text:
         raise RoutingError("empty token")
     if len(text) > max_token_length:

@@ -23,16 +23,16 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__, auth, delivery, http, metrics, tls
-from .connections import Listener, MetricsClient, Refused, Wiring, describe_peer
+from . import __version__, auth, delivery, fifo, http, metrics, tls
+from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import AccessCounters, ControlHandler
 from .control_channels import ControlClient, FifoReader, peer_credentials
-from .daemonize import detach, drop_privileges, give_to_user
+from .daemonize import detach, drop_privileges
 from .errors import ErrorReport, StartError
 from .flushqueue import FlushQueue
 from .history import History
 from .hub import Hub, subscriptions
-from .logs import Log, client_list_block, duration
+from .logs import Log, ReopenFailed, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
 from .session import StreamRules
 from .settings import Endpoint, Settings
@@ -178,6 +178,8 @@ class Daemon:
         self.expiry: Optional[TokenExpiry] = None    # streams ending at their token's exp
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
+        self.replayer: Optional[delivery.Replayer] = None
+        self._queued_figure: Optional[int] = None  # queued bytes, this pass
         self.draining: Optional[delivery.Drain] = None
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
                                       self.status_info, self.client_list_lines, history=self.history,
@@ -221,12 +223,25 @@ class Daemon:
             "historybytes": self.history.bytes,
             "droppedclients": counters.slow_closed,
             "droppedevents": counters.dropped_events,
-            "queuedbytes": sum(c.queued_bytes() for c in self.hub.clients),
+            "queuedbytes": self._queued_bytes(),
             "refused": counters.refused,
             "replayed": counters.replayed,
             "resets": counters.resets,
             "uptime": round(time.time() - self.started, 3),
         }
+
+    def _queued_bytes(self) -> int:
+        """Summed over every client at most once per loop pass: a burst of
+        status commands (64 KB of ``tcpstatus`` lines) costs one sweep, not
+        one per command (issue 15: 1.3 s with 2,000 streams)."""
+        if self._queued_figure is None:
+            self._queued_figure = sum(c.queued_bytes() for c in self.hub.clients)
+            if self.reactor is not None:
+                self.reactor.call_soon(self._forget_queued_figure)
+        return self._queued_figure
+
+    def _forget_queued_figure(self) -> None:
+        self._queued_figure = None
 
     def client_table(self) -> list:
         """tcpclientlist: one row per open SSE connection, oldest first."""
@@ -250,7 +265,14 @@ class Daemon:
         return rows
 
     def metrics_text(self) -> str:
-        return metrics.render(self.status_info())
+        return metrics.render(self.status_info(), metrics.process_figures())
+
+    def health(self):
+        """``/healthz``: answered by the loop itself, so an answer means it
+        turns; a draining daemon takes no new streams (503)."""
+        serving = self.draining is None
+        return serving, {"status": "ok" if serving else "draining", "pid": os.getpid(),
+                         "uptime": round(time.time() - self.started, 3), "streams": len(self.hub.streams)}
 
     def _add_tls_status(self, info: dict) -> None:
         """The certificate in use: lines for the status block, keys for tcpstatus."""
@@ -270,13 +292,21 @@ class Daemon:
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
         """Listen: the SSE, control and metrics ports' sockets, bound before."""
-        self.sse_listeners = [Listener(self.wiring, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
+        # Out of descriptors, a client accepted on the reserve gets a 503 on
+        # a plain HTTP port; TLS and control clients are closed without one.
+        busy = None if self.tls is not None else self._busy_answer
+        self.sse_listeners = [Listener(self.wiring, s, self._new_sse_client, f"SSE port {sock_name(s)}",
+                                       busy_answer=busy) for s in sse_socks]
         self.listeners = self.sse_listeners + [
             Listener(self.wiring, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
             for s in control_socks
-        ] + [Listener(self.wiring, s, self._new_metrics_client, f"metrics port {sock_name(s)}") for s in metrics_socks]
+        ] + [Listener(self.wiring, s, self._new_metrics_client, f"metrics port {sock_name(s)}",
+                      busy_answer=self._busy_answer) for s in metrics_socks]
         for listener in self.listeners:
             self.reactor.register(listener.fd, listener)
+
+    def _busy_answer(self) -> bytes:
+        return http.unavailable(delivery.retry_after(self.settings.retry))
 
     def _new_sse_client(self, sock, peer):
         cap = self.settings.max_clients
@@ -298,10 +328,9 @@ class Daemon:
 
     def resume(self, client, last_id: str) -> None:
         """A stream that came back with Last-Event-ID gets what it missed."""
-        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, self.ids.now())
+        result = self.replayer.start(client, last_id)
         if self.log.debugging:
-            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}, "
-                           f"{len(result.events)} held event(s) looked at")
+            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}")
 
     def _new_control_client(self, sock, peer):
         if not self._control_slot(sock, peer):
@@ -358,6 +387,7 @@ class Daemon:
         ``ready()`` is called once every descriptor is registered."""
         self.reactor = Reactor(on_error=self.report)
         self.flusher = FlushQueue(self.reactor)
+        self.replayer = delivery.Replayer(self.reactor, self.history, self.hub, self.ids)
         self._wire()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
@@ -377,6 +407,7 @@ class Daemon:
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
+        self.log.info(f"Listening: {self._addresses(sse_socks, control_socks, metrics_socks)}")
         if ready is not None:
             ready()
         self.reactor.run()
@@ -386,7 +417,7 @@ class Daemon:
         """What each kind of connection is given (after the reactor exists)."""
         common = dict(reactor=self.reactor, flusher=self.flusher, log=self.log, report=self.report,
                       settings=self.settings, hub=self.hub)
-        self.wiring = Wiring(**common, cors=self.cors)
+        self.wiring = Wiring(**common, cors=self.cors, health=self.health, reserve=DescriptorReserve())
         history = self.history
         rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest,
                             policy=self.policy, access=self.access)
@@ -395,6 +426,15 @@ class Daemon:
                                     expiry=self.expiry)
         self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients,
                                      access=self.access)
+
+    def _addresses(self, sse_socks, control_socks, metrics_socks) -> str:
+        """Every address the daemon takes input on, for the start-up log."""
+        parts = [f"{kind} on {', '.join(sock_name(s) for s in socks)}"
+                 for kind, socks in (("SSE", sse_socks), ("control", control_socks), ("metrics", metrics_socks))
+                 if socks]
+        if self.fifo is not None:
+            parts.append(f"FIFO {self.settings.fifo}")
+        return "; ".join(parts)
 
     # -- stream lifetime ------------------------------------------------------
     def _lifetime_sweep_interval(self) -> float:
@@ -434,8 +474,11 @@ class Daemon:
         self.draining.start()
 
     def _on_hangup(self, signum: int) -> None:
-        if self.log.reopen():
-            self.log.info("SIGHUP: log file reopened")
+        try:
+            if self.log.reopen():
+                self.log.info("SIGHUP: log file reopened")
+        except ReopenFailed as exc:
+            self.log.error(f"SIGHUP: log file not reopened: {exc}")
         if self.tls is not None:
             self._reload_certificate()
 
@@ -464,6 +507,7 @@ class Daemon:
             conn.close("daemon stopping", quiet=True)
         if self.fifo is not None:
             self.fifo.close()
+        self.wiring.reserve.close()
         self.reactor.close()
 
 
@@ -573,28 +617,6 @@ def _give_socket(path: str, group: Optional[str], user: Optional[str]) -> None:
     os.chown(path, uid, gid, follow_symlinks=False)
 
 
-def open_fifo(path: str, mode: int) -> int:
-    """Create the FIFO if missing (mode as given, not world-writable by
-    default) and open it read-write, so writers closing never end it."""
-    try:
-        # The FIFO appears with the mode asked, never first with the umask's
-        # (a publisher or a test may look at it the moment it exists).
-        old_umask = os.umask(0)
-        try:
-            os.mkfifo(path, mode)
-        finally:
-            os.umask(old_umask)
-    except FileExistsError:
-        if not stat.S_ISFIFO(os.stat(path).st_mode):
-            raise StartError(f"-fifo={path} exists and is not a FIFO")
-    except OSError as exc:
-        raise StartError(f"cannot create FIFO {path}: {exc.strerror}") from None
-    try:
-        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StartError(f"cannot open FIFO {path}: {exc.strerror}") from None
-
-
 class PidFile:
     """The pid file: refuses a live owner, replaces a stale one, removed at exit."""
 
@@ -685,16 +707,13 @@ def run(settings: Settings) -> int:
                     log.info(f"Control port listens on {where} (the control secret is required)")
                 else:
                     log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
-        fifo_is_new = bool(settings.fifo) and not os.path.lexists(settings.fifo)
-        fifo_fd = open_fifo(settings.fifo, settings.fifo_mode) if settings.fifo else None
+        fifo_fd = _open_fifo(settings, log)
         if fifo_fd is not None:
             opened.append(fifo_fd)
-        if fifo_is_new and settings.user:
-            give_to_user(settings.fifo, settings.user)
     except StartError as exc:
         if unix_socks:
             _remove_socket(settings.control_socket, log)
-        return _fail(log, str(exc), opened)
+        return _fail(log, str(exc), opened, foreground=settings.nodaemon)
 
     daemon_context = report = None
     if not settings.nodaemon:
@@ -704,7 +723,7 @@ def run(settings: Settings) -> int:
             drop_privileges(settings.user)
         pidfile.write()
     except StartError as exc:
-        return _fail(log, str(exc), opened, report)
+        return _fail(log, str(exc), opened, report, foreground=settings.nodaemon)
 
     daemon = Daemon(settings, log, tls_setup, access)
     log.info("=== daemon starting ===")
@@ -752,6 +771,19 @@ def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
     return setup
 
 
+def _open_fifo(settings: Settings, log: Log) -> Optional[int]:
+    if not settings.fifo:
+        return None
+    policy = fifo.policy_for(settings.fifo_mode, settings.fifo_group, settings.user)
+    try:
+        fd = fifo.open_fifo(settings.fifo, policy)
+    except fifo.FifoError as exc:
+        raise StartError(str(exc)) from None
+    for line in fifo.describe(fd, settings.fifo):
+        log.info(line)
+    return fd
+
+
 def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:
     try:
         return bind_endpoint(endpoint)
@@ -764,13 +796,16 @@ def _is_loopback(sock: socket.socket) -> bool:
     return host.startswith("127.") or host == "::1"
 
 
-def _fail(log: Log, reason: str, opened: list, report=None) -> int:
+def _fail(log: Log, reason: str, opened: list, report=None, foreground: bool = False) -> int:
+    """Close what was opened and say why, once where a person reads it: in
+    the foreground the log is the terminal, so only stderr gets the reason."""
     for item in opened:
         try:
             item.close() if hasattr(item, "close") else os.close(item)
         except OSError:
             pass
-    log.error(f"Error: {reason}. Exiting...")
+    if not foreground:
+        log.error(f"Error: {reason}. Exiting...")
     if report is not None:
         report.failed(reason)  # stderr is /dev/null once detached
     else:

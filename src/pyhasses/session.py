@@ -200,7 +200,7 @@ class StreamRules:
     __slots__ = ("settings", "runtime", "cors", "counters", "oldest_id", "clock", "rng", "policy", "wall",
                  "access", "_lifetimes")
 
-    def __init__(self, settings, runtime, cors: bytes, counters, oldest_id: Callable[[], Optional[int]],
+    def __init__(self, settings, runtime, cors: bytes, counters, oldest_id: Callable[[], Optional[str]],
                  clock: Callable[[], float] = time.monotonic, rng: random.Random = random,
                  policy: Optional[auth.AccessPolicy] = None, wall: Callable[[], float] = time.time,
                  access: Optional[control.AccessCounters] = None):

@@ -31,7 +31,7 @@ class SseClient(Connection):
     token's exp) besides the usual."""
 
     __slots__ = ("session", "tokens", "everything", "uniq_id", "established", "messages",
-                 "agent", "connected_at", "reinit_count", "_timer", "heartbeat_mark")
+                 "agent", "connected_at", "reinit_count", "_timer", "heartbeat_mark", "replay")
     kind = "SSE client"
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
@@ -45,6 +45,7 @@ class SseClient(Connection):
         self.established = False
         self.messages = 0
         self.heartbeat_mark = 0   # messages at the last heartbeat sweep
+        self.replay = None        # delivery.Replay while it catches up after a resume
         # The client list's view
         self.agent = ""
         self.connected_at = time.time()
@@ -99,6 +100,8 @@ class SseClient(Connection):
     def _do_Reinit(self, action) -> None:
         self.ctx.log.info(f"Re-initialize client <{self.fd}> {self.peer}")
         self.ctx.expiry.discard(self)
+        if self.replay is not None:
+            self.replay.stop()
         self.ctx.hub.unsubscribe(self)
         self.ctx.hub.counters.reinits += 1
         self.reinit_count += 1
@@ -155,6 +158,9 @@ class SseClient(Connection):
     def deliver(self, data: bytes) -> None:
         """The fan-out's per-recipient step: queue, and flush at the end of
         the pass.  A full queue goes to the slow-client policy."""
+        if self.replay is not None:  # catching up: live events wait behind the backlog
+            self.replay.hold(data)
+            return
         if not self.outbox.offer(data):
             self._full(data)
             return
