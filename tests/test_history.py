@@ -74,6 +74,14 @@ def test_ids_that_are_not_of_this_run_are_unknown():
         assert r.kind == UNKNOWN and r.after is None, key
 
 
+def test_an_id_of_another_run_replays_all_that_is_held_after_the_reset():
+    h = filled(30, count=10)  # 21..30 held
+    r = h.since(None, 30, other_run=True)
+    assert r.kind == UNKNOWN and r.needs_reset
+    assert keys(h.events_after(r.after, 30, 100)) == list(range(21, 31))
+    assert filled(10, count=0).since(None, 10, other_run=True).after is None  # nothing held
+
+
 def test_with_no_history_every_missed_id_is_too_old():
     h = filled(10, count=0)
     assert len(h) == 0

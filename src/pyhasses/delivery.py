@@ -15,7 +15,8 @@ and should reload its state.  Its data is one JSON object::
 ``oldest`` is the oldest event id the daemon still holds (``null`` when it
 holds none); ``reason`` is ``too-old`` (the client's Last-Event-ID is older
 than the history), ``unknown-id`` (not an id of this run of the daemon: one
-from before a restart, or not an id at all) or ``dropped`` (the client read
+from before a restart, then every held event follows, or not an id at all,
+then live events only) or ``dropped`` (the client read
 too slowly, or what it missed did not fit its write queue, and its oldest
 events were dropped; ``dropped`` then says how many).
 """
@@ -29,7 +30,7 @@ import random
 from typing import Callable, Optional
 
 from .history import UNKNOWN, History, Resume
-from .sse import chunk, comment_chunk
+from .sse import chunk, comment_chunk, looks_like_event_id
 
 #: What an idle stream gets every heartbeat period.
 HEARTBEAT = comment_chunk()
@@ -208,11 +209,11 @@ class Replayer:
         ones."""
         ids, history = self.ids, self.history
         last_key = ids.last_key
-        resume = history.since(ids.key_of(last_id), last_key)
+        resume = history.since(ids.key_of(last_id), last_key, other_run=looks_like_event_id(last_id))
         if resume.needs_reset:
-            # After an id of another run, the browser's next reconnect asks
-            # from the newest id of this one.
-            newest = ids.last_text if resume.kind == UNKNOWN else None
+            # After an id that is not of this run and nothing replayed, the
+            # browser's next reconnect asks from the newest id of this one.
+            newest = ids.last_text if resume.kind == UNKNOWN and resume.after is None else None
             client.write(reset_event(resume.oldest, resume.kind, event_id=newest))
             self.hub.counters.resets += 1
         if resume.after is None or not len(history):

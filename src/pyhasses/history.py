@@ -66,7 +66,8 @@ class HeldEvent:
 #: Resume outcomes.
 REPLAY = "replay"        # every event after the id is held: they follow
 TOO_OLD = "too-old"      # events after the id were let go: reset, then every held event
-UNKNOWN = "unknown-id"   # not an id of this run: reset, then live events only
+UNKNOWN = "unknown-id"   # not an id of this run: reset, then every held event if it
+                         # is another run's id, else (not an id at all) live events only
 
 
 @dataclasses.dataclass
@@ -157,14 +158,18 @@ class History:
         if end > head:
             self._evict(end - head)
 
-    def since(self, key, last_issued) -> Resume:
+    def since(self, key, last_issued, other_run: bool = False) -> Resume:
         """Where a client whose last event had ``key`` starts again (None:
         its Last-Event-ID is not an id of this run).  ``last_issued`` is
-        the newest key handed out, held or not."""
+        the newest key handed out, held or not.  ``other_run``: the id has
+        the form of ours but was handed out by an earlier run (a restart):
+        that client saw nothing of this run, so everything held of it follows
+        the reset, as it would have without the restart."""
         self.expire()
         oldest = self.oldest
         if key is None or key > last_issued:
-            return Resume(UNKNOWN, None, oldest)
+            before_all = self._keys[self._head] - 1 if other_run and len(self) else None
+            return Resume(UNKNOWN, before_all, oldest)
         if key == last_issued:
             return Resume(REPLAY, None, oldest)  # saw the newest: nothing missed
         lost = self.lost_through

@@ -19,6 +19,13 @@ LAST_CHUNK = b"0\r\n\r\n"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+def looks_like_event_id(text: Optional[str]) -> bool:
+    """Whether ``text`` has the form of an id some run handed out (ours,
+    hasses' and a cluster's are all decimal numbers), as opposed to
+    something that was never an id."""
+    return bool(text) and len(text) <= 40 and text.isascii() and text.isdigit()
+
+
 class EventIds:
     """The ids of this run: decimal digits only, ``<T><R>``.  ``T`` is a
     time-based counter (microseconds since the Unix epoch at issue, bumped
