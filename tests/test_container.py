@@ -59,18 +59,6 @@ IMAGE = "localhost/pyhasses-test:latest"
 PYHASSES_UID = 10001
 SECRET = "container-test-secret"
 
-#: The daemon's sources (the entry point, which only names these, aside).
-DAEMON_TEXT = "\n".join(p.read_text() for p in sorted((ROOT / "src" / "pyhasses").glob("*.py"))
-                         if p.name != "container.py")
-HAS_CONTROL_SECRET = "--control-secret-file" in DAEMON_TEXT
-HAS_PUBLISHER_KEY = "--publisher-key" in DAEMON_TEXT
-HAS_HEALTHZ = "/healthz" in DAEMON_TEXT
-needs_control_secret = pytest.mark.skipif(
-    not HAS_CONTROL_SECRET, reason="this tree's pyhasses has no --control-secret-file yet (issue 12)")
-needs_publisher_key = pytest.mark.skipif(
-    not HAS_PUBLISHER_KEY, reason="this tree's pyhasses has no --publisher-key yet (issue 12)")
-needs_healthz = pytest.mark.skipif(
-    not HAS_HEALTHZ, reason="this tree's pyhasses serves no /healthz on the metrics port yet (issue 14)")
 
 
 def podman(*args, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
@@ -293,7 +281,6 @@ def test_the_control_port_is_not_opened_beyond_loopback_without_a_secret(image, 
     assert "--control-secret-file" in r.stderr and "--publisher-key" in r.stderr
 
 
-@needs_control_secret
 @pytest.mark.parametrize("secret_from", ["podman-secret", "variable"])
 def test_publishing_over_the_network_needs_the_control_secret(start, image, tmp_path, secret_from):
     secret_name = f"pyhasses-test-{uuid.uuid4().hex[:12]}"
@@ -330,7 +317,6 @@ def test_publishing_over_the_network_needs_the_control_secret(start, image, tmp_
             podman("secret", "rm", secret_name, check=False)
 
 
-@needs_publisher_key
 def test_http_publishing_with_a_publisher_key(start, tmp_path):
     import jwt
 
@@ -353,7 +339,6 @@ def test_http_publishing_with_a_publisher_key(start, tmp_path):
     stream.close()
 
 
-@needs_healthz
 def test_the_health_check_passes_while_the_daemon_serves(start):
     c = start()
     c.wait_listening(c.metrics_port)
@@ -383,7 +368,6 @@ def readme_container_section() -> str:
     return text[text.index("\nContainer\n---------\n"):text.index(".. -- delivery --")]
 
 
-@needs_control_secret
 def test_the_readme_way_publishes_from_another_container_on_a_container_network(image, tmp_path):
     """README.rst's commands, on a podman network of their own (names made
     unique, the stream port on host loopback), instead of the host's."""
@@ -521,7 +505,6 @@ def test_the_compose_backend_page_publishes_on_a_form_post(start):
     stream.close()
 
 
-@needs_control_secret
 def test_the_compose_backend_publishes_with_the_mounted_secret(start, tmp_path):
     (tmp_path / "control-secret").write_text(SECRET + "\n")
     os.chmod(tmp_path / "control-secret", 0o644)  # as compose's file secrets are: a bind mount
@@ -537,7 +520,6 @@ def test_the_compose_backend_publishes_with_the_mounted_secret(start, tmp_path):
     stream.close()
 
 
-@needs_control_secret
 @pytest.mark.timeout(900)
 def test_compose_up_to_a_browser_page_receiving_what_the_form_posts(image, tmp_path):
     """examples/compose as its README runs it, with podman-compose: the page
