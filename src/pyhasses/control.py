@@ -258,8 +258,11 @@ class ControlHandler:
         self.history = history            # history.History: what resuming clients get
         self.client_table = client_table  # tcpclientlist's rows
         self.metrics_text = metrics_text  # tcpmetrics' text
+        self.cluster = None               # cluster.Cluster under --redis: messages go through Redis
 
-    def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
+    def handle(self, item, channel: str, can_reply: bool, later=None) -> Optional[bytes]:
+        """``later``: where answers that come after this call go (an object
+        with ``expect()`` and ``send(bytes)``; a cluster's acknowledgements)."""
         if isinstance(item, Oversize):
             self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
             return None
@@ -267,6 +270,8 @@ class ControlHandler:
         if isinstance(parsed, Command):
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
+            if self.cluster is not None:
+                return self.cluster.publish(parsed, later, channel, can_reply)
             return self._message(parsed, channel, can_reply)
         self.log.error(f"{channel}: {parsed.reason}; ignored")
         if parsed.is_json and can_reply:
@@ -323,6 +328,8 @@ class ControlHandler:
             reply = None  # plain text, not JSON
         elif cmd.name == "tcpnumberofclients":
             reply = {"numberofclients": len(self.hub.clients)}
+            if self.cluster is not None:
+                reply["clusternumberofclients"] = self.cluster.status()["clusterclients"]
         else:  # tcpsubscribedclients
             reply = {"subscribedclients": self.hub.subscribed_count(cmd.arg), "subscribedfor": cmd.arg}
         if not can_reply:

@@ -108,6 +108,10 @@ class History:
         self._ids.append(event_id)
         self._bytes += size
 
+    def clear(self) -> None:
+        """Let go of every event (a cluster's Redis lost its data)."""
+        self._evict(len(self))
+
     def expire(self) -> None:
         """Let go of events older than ``max_age``."""
         self._expire_before(self._clock() - self.max_age)

@@ -72,6 +72,7 @@ class Daemon:
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
         self.draining: Optional[delivery.Drain] = None
+        self.cluster = None  # cluster.Cluster under --redis
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
                                       self.status_info, self.client_list_lines, history=self.history,
                                       client_table=self.client_table, metrics_text=self.metrics_text)
@@ -100,6 +101,8 @@ class Daemon:
             "msgsendcnt": hub.counters.msgsendcnt,
         }
         info.setdefault("extra", {}).update(self.delivery_status())
+        if self.cluster is not None:
+            info["extra"].update(self.cluster.status())
         self._add_tls_status(info)
         return info
 
@@ -209,6 +212,8 @@ class Daemon:
         self.open_ports(sse_socks, control_socks, metrics_socks)
         if fifo_fd is not None:
             self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
+        if self.settings.redis:
+            self._join_cluster()
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
@@ -217,6 +222,18 @@ class Daemon:
             ready()
         self.reactor.run()
         self.shutdown()
+
+    def _join_cluster(self) -> None:
+        """Messages go through Redis from now on; ids come from its stream."""
+        from . import resp
+        from .cluster import Cluster
+
+        self.cluster = Cluster(self, resp.parse_url(self.settings.redis))
+        self.ids = self.cluster.ids
+        self.control.cluster = self.cluster
+        self.log.info(f"Cluster node {self.cluster.node_id} on Redis {self.cluster.address.describe()}, "
+                      f"stream {self.cluster.stream_key}")
+        self.cluster.start()
 
     # -- stream lifetime ------------------------------------------------------
     def _lifetime_sweep_interval(self) -> float:
@@ -286,6 +303,8 @@ class Daemon:
             conn.close("daemon stopping", quiet=True)
         if self.fifo is not None:
             self.fifo.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.reactor.close()
 
 
@@ -294,22 +313,22 @@ def sock_name(sock: socket.socket) -> str:
 
 
 # -- opening what needs privileges ----------------------------------------------
-def bind_endpoint(endpoint: Endpoint) -> List[socket.socket]:
+def bind_endpoint(endpoint: Endpoint, reuse_port: bool = False) -> List[socket.socket]:
     """Listening sockets for an endpoint.  No host: one IPv6 socket that also
     takes IPv4 (dual-stack), or IPv4 alone where IPv6 is missing."""
     if not endpoint.hosts:
         try:
-            return [_listen(socket.AF_INET6, "::", endpoint.port, v6only=False)]
+            return [_listen(socket.AF_INET6, "::", endpoint.port, v6only=False, reuse_port=reuse_port)]
         except OSError as exc:
             if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-            return [_listen(socket.AF_INET, "0.0.0.0", endpoint.port)]
+            return [_listen(socket.AF_INET, "0.0.0.0", endpoint.port, reuse_port=reuse_port)]
     socks = []
     try:
         for host in endpoint.hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                socks.append(_listen(family, host, endpoint.port, v6only=True))
+                socks.append(_listen(family, host, endpoint.port, v6only=True, reuse_port=reuse_port))
             except OSError as exc:
                 # "localhost" on a host without IPv6: the IPv4 loopback will do.
                 if host == "::1" and len(endpoint.hosts) > 1 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
@@ -322,10 +341,14 @@ def bind_endpoint(endpoint: Endpoint) -> List[socket.socket]:
     return socks
 
 
-def _listen(family: int, host: str, port: int, v6only: bool = True) -> socket.socket:
+def _listen(family: int, host: str, port: int, v6only: bool = True, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Several nodes of one host share the port; the kernel spreads
+            # new connections over them (--reuse-port).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted sockets inherit it (Linux), so it costs no system call
         # per connection: events leave at once, and acknowledgements are
         # not held back until the publisher's delayed ACK of the previous
@@ -433,7 +456,8 @@ def run(settings: Settings) -> int:
         pidfile.check()
         tls_setup = _prepare_tls(settings, log) if settings.ssl else None
         raise_nofile_limit()
-        sse_socks = _bind(settings.sse, "SSE port")
+        _check_redis(settings, log)
+        sse_socks = _bind(settings.sse, "SSE port", settings.reuse_port)
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
@@ -496,9 +520,25 @@ def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
     return setup
 
 
-def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:
+def _check_redis(settings: Settings, log: Log) -> None:
+    """A bad --redis URL or a login Redis refuses stops the start (exit 1);
+    a Redis that cannot be reached yet does not: the node waits for it."""
+    if not settings.redis:
+        return
+    from . import redislink, resp
+
     try:
-        return bind_endpoint(endpoint)
+        address = resp.parse_url(settings.redis)
+    except resp.UrlError as exc:
+        raise StartError(str(exc)) from None
+    refused = redislink.login_check(address)
+    if refused:
+        raise StartError(refused)
+
+
+def _bind(endpoint: Endpoint, what: str, reuse_port: bool = False) -> List[socket.socket]:
+    try:
+        return bind_endpoint(endpoint, reuse_port)
     except OSError as exc:
         raise StartError(f"cannot listen on {what} {endpoint.describe()}: {exc.strerror}") from None
 
