@@ -207,7 +207,12 @@ class Cluster:
         self.commands.send(self._got_epoch, "GET", self.epoch_key)
 
     def _got_epoch(self, reply) -> None:
-        if isinstance(reply, (LinkDown, resp.ReplyError)):
+        if isinstance(reply, LinkDown):
+            return
+        if isinstance(reply, resp.ReplyError):
+            # Such as LOADING while a restarted Redis reads its data back:
+            # try again on a new link rather than wait without an epoch.
+            self.commands.close(f"GET {self.epoch_key}: {reply}")
             return
         if reply is None:  # first start, or Redis lost its data: a new, larger epoch
             self.commands.send(self._got_time, "TIME")
@@ -218,7 +223,10 @@ class Cluster:
         self._set_epoch(epoch)
 
     def _got_time(self, reply) -> None:
-        if isinstance(reply, (LinkDown, resp.ReplyError)):
+        if isinstance(reply, LinkDown):
+            return
+        if isinstance(reply, resp.ReplyError):
+            self.commands.close(f"TIME: {reply}")
             return
         self.commands.send(None, "SET", self.epoch_key, int(reply[0]), "NX")
         self.commands.send(self._got_epoch, "GET", self.epoch_key)
@@ -240,6 +248,7 @@ class Cluster:
         self.counters["epochs"] += 1
         self.ctx.history.clear()
         self._seen.clear()
+        self.ids.last = 0  # an id of the old epoch is no longer the newest: it resumes with a reset
         hub = self.ctx.hub
         event = reset_event(None, "new-epoch")
         for client in list(hub.streams):

@@ -77,6 +77,9 @@ class RedisConnection:
 
     def _login_done(self, reply) -> None:
         if isinstance(reply, resp.ReplyError):
+            if is_busy(reply):
+                self.close(f"Redis is not ready: {reply}")
+                return
             raise LoginRefused(f"Redis refused the login: {reply}")
         self.ready = True
         self.on_ready()
@@ -165,6 +168,11 @@ class RedisConnection:
             self.on_down(reason, login_refused)
 
 
+def is_busy(reply) -> bool:
+    """An error that passes by itself (a restarted Redis loading its data)."""
+    return str(reply).startswith(("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"))
+
+
 def _strerror(code: int) -> str:
     import os
 
@@ -200,6 +208,6 @@ def login_check(address: resp.RedisAddress, timeout: float = 3.0) -> Optional[st
     except (OSError, resp.ProtocolFault):
         return None
     for reply in replies:
-        if isinstance(reply, resp.ReplyError):
+        if isinstance(reply, resp.ReplyError) and not is_busy(reply):
             return f"Redis at {address.describe()} refused the login: {reply}"
     return None

@@ -1,0 +1,252 @@
+"""Nodes joined through a real Redis (PROTOCOL.md 10, issue 13): three
+daemons on one machine, a private redis-server, real sockets throughout."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+
+import pytest
+
+from redis_support import RedisServer
+from support import Daemon, SseClient, free_port, run_module, wait_until
+
+EVENT = re.compile(rb"id: (\d+)\ndata: ([^\n]*)\n\n")
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, redis):
+    """Start nodes on ``redis``; every one is stopped at the end."""
+    started = []
+
+    def start(*extra, port=None, **kw):
+        node = Daemon(tmp_path, f"--redis={redis.url}", "--redis-prefix=t", *extra, start=port is None, **kw)
+        if port is not None:  # a port chosen by the test (shared with --reuse-port)
+            node.port = port
+            node.args = ["-nodaemon", f"-p=127.0.0.1:{port}", "-murl=/sse", f"-cp={node.cport}", *node.args[4:]]
+            node.start()
+        started.append(node)
+        wait_until(lambda: node.control_json("tcpstatus")["redis"] == "up", 10, what="the node's Redis link")
+        return node
+
+    yield start
+    for node in started:
+        if node.alive():
+            node.stop()
+
+
+def stream(node, subscribe="room1", last_event_id=None) -> SseClient:
+    client = SseClient("127.0.0.1", node.port)
+    extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+    client.request(f"GET /sse?subscribe={subscribe} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n{extra}\r\n")
+    client.read_handshake()
+    return client
+
+
+def collect(client: SseClient, n: int, timeout: float) -> list:
+    """(id, data) of the next ``n`` plain events, read in bulk."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray(client.buf)
+    while len(EVENT.findall(buf)) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            found = EVENT.findall(buf)
+            raise AssertionError(f"only {len(found)} of {n} events before the deadline; last {found[-3:]!r}")
+        client.sock.settimeout(remaining)
+        data = client.sock.recv(1 << 20)
+        assert data, "stream closed"
+        buf += data
+    events = [(int(i), d.decode()) for i, d in EVENT.findall(buf)]
+    assert len(events) == n, f"{len(events)} events where {n} were expected"
+    client.buf = b""
+    return events
+
+
+def test_publish_on_any_node_reaches_every_node_in_one_order(cluster):
+    nodes = [cluster(), cluster(), cluster()]
+    clients = [stream(node) for node in nodes]
+    for node in nodes:
+        node.wait_clients(1)
+    # Interleaved publishers on three nodes, several parts per write.
+    for i in range(0, 60, 3):
+        for k, node in enumerate(nodes):
+            node.control(f"room1=m{i + k}-a;other=never;room1=m{i + k}-b\n")
+    seen = [collect(c, 120, 20) for c in clients]
+    assert seen[0] == seen[1] == seen[2]  # same events, same ids, same order
+    ids = [i for i, _ in seen[0]]
+    assert ids == sorted(set(ids))  # each once, ids growing
+    assert sorted(d for _, d in seen[0]) == sorted(f"m{i}-{s}" for i in range(60) for s in "ab")
+    for c in clients:
+        c.expect_nothing(0.3)
+
+
+def test_acknowledgement_says_stored_and_delivered_on_this_node(cluster):
+    a, b = cluster(), cluster()
+    held = [stream(a), stream(b), stream(b)]  # noqa: F841 (kept open)
+    a.wait_clients(1)
+    b.wait_clients(2)
+    reply = json.loads(a.control('{"to": "room1", "data": "x", "ack": true}\n'))
+    assert reply["ok"] is True and reply["stored"] is True and reply["delivered"] == 1
+    assert int(reply["id"]) > 0
+    reply = json.loads(b.control('{"to": "room1", "data": "y", "ack": true}\n'))
+    assert reply["delivered"] == 2 and int(reply["id"]) > 0
+
+
+def test_resume_on_another_node_and_on_a_node_started_later(cluster):
+    a, b, c = cluster(), cluster(), cluster()
+    first = stream(a, "room1-room2")
+    a.wait_clients(1)
+    a.control("room1=one;room2=two;room1=three\n")
+    got = collect(first, 3, 10)
+    first.close()
+    last_id = got[-1][0]
+    b.control("room1=four;elsewhere=not-yours;room2=five\n")
+    for node in (a, c):
+        wait_until(lambda: node.control_json("tcpstatus")["historysize"] >= 6, 5, what="the events on every node")
+    moved = stream(c, "room1-room2", last_event_id=last_id)
+    assert [d for _, d in collect(moved, 2, 5)] == ["four", "five"]
+    a.control("room2=six\n")
+    assert [d for _, d in collect(moved, 1, 5)] == ["six"]
+    moved.expect_nothing(0.3)
+    # A node that was not running when the events passed holds them too.
+    d = cluster()
+    late = stream(d, "room1-room2", last_event_id=last_id)
+    assert [x for _, x in collect(late, 3, 5)] == ["four", "five", "six"]
+    assert b"event: reset" not in late.buf
+
+
+def test_redis_killed_for_five_seconds_during_ten_thousand_publishes(cluster, redis):
+    nodes = [cluster(), cluster(), cluster()]
+    clients = [stream(node) for node in nodes]
+    for node in nodes:
+        node.wait_clients(1)
+    total = 10_000
+    publisher = socket.create_connection(("127.0.0.1", nodes[0].cport), timeout=60)
+    replies = bytearray()
+
+    def send(lo, hi):
+        lines = "".join(json.dumps({"to": "room1", "data": f"m{i}", "ack": True}) + "\n" for i in range(lo, hi))
+        publisher.sendall(lines.encode())
+
+    for lo in range(0, 3000, 500):
+        send(lo, lo + 500)
+    redis.kill()
+    wait_until(lambda: nodes[0].control_json("tcpstatus")["redis"] == "down", 5, what="the link to go down")
+    outage_started = time.monotonic()
+    for lo in range(3000, 6000, 500):
+        send(lo, lo + 500)
+    status = nodes[1].control_json("tcpstatus")
+    assert status["redis"] == "down" and status["sseconncli"] == 1  # streams stay open
+    time.sleep(max(0.0, 5 - (time.monotonic() - outage_started)))
+    redis.start()
+    for lo in range(6000, total, 500):
+        send(lo, lo + 500)
+    publisher.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        data = publisher.recv(1 << 20)
+        if not data:
+            break
+        replies += data
+    publisher.close()
+    acks = [json.loads(line) for line in replies.decode().splitlines()]
+    assert len(acks) == total and all(a["ok"] and a["stored"] for a in acks)
+    expected = [f"m{i}" for i in range(total)]
+    for client in clients:
+        events = collect(client, total, 60)
+        assert [d for _, d in events] == expected  # every one, in order, once
+        assert [i for i, _ in events] == [int(a["id"]) for a in acks]
+        assert b"event: reset" not in client.buf
+    status = nodes[0].control_json("tcpstatus")
+    assert status["redis"] == "up" and status["spooled"] == 0
+    assert "link down" in nodes[0].log() and "link up" in nodes[0].log()
+
+
+def test_redis_flushed_clients_get_reset(cluster, redis):
+    a, b = cluster(), cluster()
+    live = stream(a)
+    a.wait_clients(1)
+    a.control("room1=before\n")
+    [(old_id, _)] = collect(live, 1, 5)
+    epoch = a.control_json("tcpstatus")["epoch"]
+    assert redis.command("FLUSHALL") == b"OK"
+    wait_until(lambda: b"event: reset" in live.sock.recv(65536), 5, what="a reset on the live stream")
+    for node in (a, b):  # each node looks at the epoch every second
+        wait_until(lambda: node.control_json("tcpstatus")["epoch"] != epoch, 5, what="a new epoch")
+    assert int(a.control_json("tcpstatus")["epoch"]) > int(epoch)
+    back = stream(b, last_event_id=old_id)  # an id from before the loss
+    b.control("room1=after\n")
+    payload = back.read_chunk()
+    assert b"event: reset" in payload
+    assert [d for _, d in collect(back, 1, 5)] == ["after"]
+
+
+def test_one_node_killed_the_others_carry_on(cluster):
+    a, b, c = cluster(), cluster(), cluster()
+    ca, cc = stream(a), stream(c)
+    held = stream(b)  # noqa: F841 (kept open)
+    for node in (a, b, c):
+        node.wait_clients(1)
+    wait_until(lambda: a.control_json("tcpstatus")["clusterstreams"] == 3, 5, what="three streams in the cluster")
+    b.proc.kill()
+    b.proc.wait(5)
+    a.control("room1=still-here\n")
+    assert [d for _, d in collect(ca, 1, 5)] == ["still-here"]
+    assert [d for _, d in collect(cc, 1, 5)] == ["still-here"]
+    wait_until(lambda: len(a.control_json("tcpstatus")["clusternodes"]) == 2, 10, what="the dead node to expire")
+    assert a.control_json("tcpnumberofclients") == {"numberofclients": 1, "clusternumberofclients": 2}
+
+
+def test_spool_bound_refuses_tcp_and_drops_fifo_while_redis_is_away(cluster, redis):
+    a = cluster("--redis-spool=3", fifo=True)
+    client = stream(a)
+    a.wait_clients(1)
+    redis.kill()
+    wait_until(lambda: a.control_json("tcpstatus")["redis"] == "down", 5, what="the link to go down")
+    replies = a.control("room1=s1\nroom1=s2\nroom1=s3\nroom1=s4\n").decode().splitlines()
+    assert len(replies) == 1 and json.loads(replies[0])["ok"] is False and "spool" in replies[0]
+    a.publish_fifo("room1=lost\n")
+    a.wait_log(r"fifo: Redis unreachable .* dropped")
+    status = a.control_json("tcpstatus")
+    assert status["spooled"] == 3 and status["publishesrefused"] == 2
+    metrics = a.control("tcpmetrics\n").decode()
+    assert "pyhasses_redis_up 0" in metrics and "pyhasses_redis_spooled 3" in metrics
+    redis.start()
+    assert [d for _, d in collect(client, 3, 15)] == ["s1", "s2", "s3"]
+
+
+def test_bad_url_and_refused_login_stop_the_start(tmp_path):
+    port = free_port()
+    bad = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
+                     "--redis=http://127.0.0.1:6379")
+    assert bad.returncode == 1 and "redis:// or unix://" in bad.stdout + bad.stderr
+    locked = RedisServer(tmp_path, "--requirepass", "sesame", persistent=False)
+    try:
+        refused = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
+                             f"--redis=redis://127.0.0.1:{locked.port}")
+        assert refused.returncode == 1 and "refused the login" in refused.stdout + refused.stderr
+        wrong = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
+                           f"--redis=redis://:wrong@127.0.0.1:{locked.port}")
+        assert wrong.returncode == 1 and "refused the login" in wrong.stdout + wrong.stderr
+    finally:
+        locked.stop()
+
+
+def test_reuse_port_lets_two_nodes_share_the_sse_port(tmp_path, cluster):
+    port = free_port()
+    nodes = [cluster("--reuse-port", port=port) for _ in range(2)]
+    clients = [stream(nodes[0]) for _ in range(24)]
+    wait_until(lambda: sum(n.control_json("tcpstatus")["sseconncli"] for n in nodes) == 24, 5, what="24 streams")
+    assert all(n.control_json("tcpstatus")["sseconncli"] > 0 for n in nodes)  # the kernel spread them
+    nodes[1].control("room1=to-all\n")
+    for client in clients:
+        assert [d for _, d in collect(client, 1, 5)] == ["to-all"]
