@@ -4,8 +4,10 @@ daemons on one machine, a private redis-server, real sockets throughout."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 import time
 
 import pytest
@@ -250,3 +252,46 @@ def test_reuse_port_lets_two_nodes_share_the_sse_port(tmp_path, cluster):
     nodes[1].control("room1=to-all\n")
     for client in clients:
         assert [d for _, d in collect(client, 1, 5)] == ["to-all"]
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+@pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx not installed (scripts/deps.d/delivery.sh)")
+def test_readme_load_balancer_snippet_passes_nginx_check(tmp_path):
+    from test_proxy_snippets import snippet
+
+    block = snippet("upstream pyhasses_nodes")
+    block = block.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+{block}
+}}
+""")
+    check = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+def test_template_unit_and_readme_node_config_fit_together(tmp_path):
+    from pyhasses import cli
+    from support import ROOT
+    from test_proxy_snippets import snippet
+
+    unit = (ROOT / "debian" / "pyhasses@.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "-config=/etc/pyhasses/node@%i.conf" in exec_start and "--reuse-port" in exec_start
+    node_conf = tmp_path / "node@1.conf"
+    node_conf.write_text(snippet("-fifo=/run/pyhasses-1/fifo") + "\n")
+    settings = cli.build_settings(cli.with_config_file(cli.parse_args([f"-config={node_conf}", "--reuse-port"])))
+    assert settings.redis == "redis://127.0.0.1:6379/0" and settings.reuse_port and settings.control.port == 8091
