@@ -222,6 +222,8 @@ def test_spool_bound_refuses_tcp_and_drops_fifo_while_redis_is_away(cluster, red
     assert status["spooled"] == 3 and status["publishesrefused"] == 2
     metrics = a.control("tcpmetrics\n").decode()
     assert "pyhasses_redis_up 0" in metrics and "pyhasses_redis_spooled 3" in metrics
+    a.control("status\n")
+    a.wait_log(r"Redis link: down, node .*\n.*Redis spool: 3 waiting; .* refused 2, dropped 1")
     redis.start()
     assert [d for _, d in collect(client, 3, 15)] == ["s1", "s2", "s3"]
 

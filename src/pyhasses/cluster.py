@@ -438,6 +438,19 @@ class Cluster:
             "clusterclients": sum(n["clients"] for n in nodes),
         }
 
+    @staticmethod
+    def status_lines(status: dict) -> list:
+        """The same, for the ``status`` block in the log."""
+        age = status["lastreadage"]
+        return [
+            f"Redis link: {status['redis']}, node {status['node']}, epoch {status['epoch']}",
+            f"Redis spool: {status['spooled']} waiting; last read {'never' if age is None else f'{age:g} s ago'}; "
+            f"publishes stored {status['publishesstored']}, refused {status['publishesrefused']}, "
+            f"dropped {status['publishesdropped']}",
+            f"Cluster: {len(status['clusternodes'])} live node(s), {status['clusterstreams']} stream(s), "
+            f"{status['clusterclients']} client(s)",
+        ]
+
     def close(self) -> None:
         """Leave the cluster: the registration is removed at once."""
         self.closing = True

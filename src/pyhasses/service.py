@@ -102,7 +102,9 @@ class Daemon:
         }
         info.setdefault("extra", {}).update(self.delivery_status())
         if self.cluster is not None:
-            info["extra"].update(self.cluster.status())
+            cluster = self.cluster.status()
+            info["extra"].update(cluster)
+            info.setdefault("mode_details", []).extend(self.cluster.status_lines(cluster))
         self._add_tls_status(info)
         return info
 
