@@ -71,13 +71,15 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def command(self, *args, password=None, timeout=5.0):
+    def command(self, *args, password=None, db=0, timeout=5.0):
         talk = resp.Conversation()
         replies = []
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             payload = b""
             if password:
                 payload += talk.ask(None, "AUTH", password)
+            if db:
+                payload += talk.ask(None, "SELECT", db)
             sock.sendall(payload + talk.ask(replies.append, *args))
             while talk.outstanding:
                 data = sock.recv(65536)

@@ -163,8 +163,11 @@ def test_redis_killed_for_five_seconds_during_ten_thousand_publishes(cluster, re
     acks = [json.loads(line) for line in replies.decode().splitlines()]
     assert len(acks) == total and all(a["ok"] and a["stored"] for a in acks)
     expected = [f"m{i}" for i in range(total)]
-    for client in clients:
-        events = collect(client, total, 60)
+    for node, client in zip(nodes, clients):
+        try:
+            events = collect(client, total, 60)
+        except (AssertionError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}: {node.control_json('tcpstatus')}\n{node.log()[-3000:]}") from None
         assert [d for _, d in events] == expected  # every one, in order, once
         assert [i for i, _ in events] == [int(a["id"]) for a in acks]
         assert b"event: reset" not in client.buf
@@ -297,3 +300,48 @@ def test_template_unit_and_readme_node_config_fit_together(tmp_path):
     node_conf.write_text(snippet("-fifo=/run/pyhasses-1/fifo") + "\n")
     settings = cli.build_settings(cli.with_config_file(cli.parse_args([f"-config={node_conf}", "--reuse-port"])))
     assert settings.redis == "redis://127.0.0.1:6379/0" and settings.reuse_port and settings.control.port == 8091
+
+
+def test_messages_trimmed_before_a_node_read_them_give_its_streams_a_reset(cluster):
+    import signal
+
+    a, b = cluster("--history-count=1000"), cluster("--history-count=1000")
+    client = stream(a)
+    a.wait_clients(1)
+    a.proc.send_signal(signal.SIGSTOP)  # a reads nothing while the stream is trimmed
+    try:
+        for lo in range(0, 4000, 500):
+            b.control("".join(f"room1=m{i}\n" for i in range(lo, lo + 500)))
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    data = b""
+    while b"data: m3999\n" not in data:
+        client.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        data += client.sock.recv(1 << 20)
+    reset = re.search(rb"event: reset\ndata: (\{[^\n]*\})", data)
+    assert reset, "no reset where messages were trimmed"
+    info = json.loads(reset.group(1))
+    assert info["reason"] == "dropped" and info["dropped"] > 0
+    received = len(EVENT.findall(data))
+    assert received + info["dropped"] == 4000  # what arrived and what the reset says is gone: all
+    assert a.control_json("tcpstatus")["missedevents"] == info["dropped"]
+
+
+def test_unix_socket_url(tmp_path):
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path, "--unixsocket", str(sock), "--unixsocketperm", "700", persistent=False)
+    node = None
+    try:
+        node = Daemon(tmp_path, f"--redis=unix://{sock}?db=2")
+        wait_until(lambda: node.control_json("tcpstatus")["redis"] == "up", 10, what="the link over the Unix socket")
+        client = node.sse()
+        node.wait_clients(1)
+        node.control("room1=over-unix\n")
+        assert [d for _, d in collect(client, 1, 5)] == ["over-unix"]
+        assert server.command("EXISTS", "pyhasses:events", db=2) == 1  # the stream lives in db 2
+        assert server.command("EXISTS", "pyhasses:events") == 0
+    finally:
+        if node is not None:
+            node.stop()
+        server.stop()

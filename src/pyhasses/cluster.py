@@ -13,8 +13,13 @@ Keys, under ``--redis-prefix`` P:
 - ``P:events``: the stream.  An entry's fields are ``n`` (the publishing
   node's run id), ``s`` (that node's publish sequence, from 1) and ``m``
   (the message as JSON: ``to``, ``data``, optional ``event``, ``retry``).
-  A node that lost its link sends again what Redis never confirmed; readers
-  skip an ``(n, s)`` they have seen, so each message is delivered once.
+  A node that lost its link sends again what Redis never confirmed; a Lua
+  script appends only if ``s`` is above the node's last stored sequence
+  (``P:seq:<node>``, kept a day), so each message is stored once, in the
+  node's order.  Readers skip an ``(n, s)`` they have seen, and a jump in a
+  node's ``s`` tells them its messages between are gone (trimmed while they
+  were not reading, or lost by Redis): every stream then gets a ``reset``
+  (reason ``dropped``).
 - ``P:epoch``: Redis' clock (seconds) when the epoch began, set with
   ``NX``.  It is gone after Redis lost its data; the first node to notice
   sets a new one, which is always larger.
@@ -53,6 +58,17 @@ READ_BLOCK_MS = 1000
 #: Registration period and expiry of a node that stopped refreshing.
 REGISTER_EVERY = 1.0
 NODE_EXPIRY = 5.0
+#: Appends a message unless this node's sequence number says Redis has it
+#: already: a message sent again after a broken link is stored once, so every
+#: node's entries stand in the stream in the order the node accepted them
+#: (a reader skipping second copies could not restore that order once
+#: trimming had taken the first copies).  Returns nil for a second copy.
+APPEND_SCRIPT = """
+local seq = tonumber(ARGV[2])
+if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then return false end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', 86400)
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's', ARGV[2], 'm', ARGV[4])
+"""
 #: Reconnect delays: doubled each failure from MIN to MAX, times 0.5-1.5.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -126,6 +142,8 @@ class Cluster:
         self.maxlen = max(1000, s.history_count)
         self.spool_limit = s.redis_spool
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self.seq_key = f"{self.prefix}:seq:{self.node_id}"
+        self._script = b""
         self.ids = ClusterIds()
         self.commands: Optional[RedisConnection] = None
         self.reader: Optional[RedisConnection] = None
@@ -143,7 +161,8 @@ class Cluster:
         self._reading = False
         self.nodes: dict = {}          # node id -> its registration, live ones
         self.last_read_at: Optional[float] = None
-        self.counters = {"stored": 0, "refused": 0, "dropped": 0, "read": 0, "duplicates": 0, "epochs": 0}
+        self.counters = {"stored": 0, "refused": 0, "dropped": 0, "read": 0, "duplicates": 0, "epochs": 0,
+                         "missed": 0}
         self.closing = False
 
     # -- the link -------------------------------------------------------------
@@ -185,7 +204,14 @@ class Cluster:
         self._retry_timer = self.ctx.reactor.call_later(delay, self._connect)
 
     def _commands_ready(self) -> None:
+        self.commands.send(self._script_loaded, "SCRIPT", "LOAD", APPEND_SCRIPT)
         self._check_epoch()
+
+    def _script_loaded(self, reply) -> None:
+        if isinstance(reply, resp.ReplyError):
+            self.commands.close(f"SCRIPT LOAD: {reply}")
+        elif not isinstance(reply, LinkDown):
+            self._script = reply
 
     def _reader_ready(self) -> None:
         self._start_reading()
@@ -314,10 +340,18 @@ class Cluster:
             for stream_id, fields in entries:
                 fields = dict(zip(fields[::2], fields[1::2]))
                 node, seq = fields.get(b"n", b""), int(fields.get(b"s", 0))
-                if seq and seen.get(node, 0) >= seq:
+                before = seen.get(node)
+                if before is not None and before >= seq:
                     self.counters["duplicates"] += 1
                     continue
                 seen[node] = seq
+                if before is not None and seq > before + 1 and live:
+                    # That node's messages between are gone (trimmed from
+                    # the stream while this node was not reading, or lost by
+                    # Redis): say so where they were.
+                    hub.release()
+                    self._missed(seq - before - 1)
+                    hub.hold()
                 event_id = ids.of_stream_id(stream_id)
                 if event_id <= ids.last:
                     continue  # never deliver an id twice or backwards
@@ -339,6 +373,16 @@ class Cluster:
             if live:
                 hub.release()
 
+    def _missed(self, count: int) -> None:
+        self.counters["missed"] += count
+        hub = self.ctx.hub
+        event = reset_event(self.ctx.history.oldest, "dropped", count)
+        for client in list(hub.streams):
+            client.write(event)
+            hub.counters.resets += 1
+        self.ctx.log.error(f"Redis: {count} message(s) of the stream {self.stream_key} were gone before this node "
+                           f"read them (trimmed, or lost by Redis); {len(hub.streams)} stream(s) sent a reset")
+
     # -- publishing -------------------------------------------------------------
     def publish(self, msg, later, channel: str, can_reply: bool) -> Optional[bytes]:
         """Append an accepted message to the stream (or the spool); delivery
@@ -357,8 +401,8 @@ class Cluster:
             return None
         self._seq += 1
         seq = self._seq
-        args = ("XADD", self.stream_key, "MAXLEN", "~", self.maxlen, "*", "n", self.node_id, "s", seq,
-                "m", encode_message(msg.targets, msg.data, msg.event, msg.retry))
+        args = (self.stream_key, self.seq_key, self.maxlen, seq, self.node_id,
+                encode_message(msg.targets, msg.data, msg.event, msg.retry))
         if msg.ack and can_reply and later is not None:
             later.expect()
             self._acks[seq] = later.send
@@ -369,12 +413,20 @@ class Cluster:
         return None
 
     def _append(self, seq: int, args: tuple) -> None:
+        """``args``: stream key, sequence key, MAXLEN, sequence, node, message."""
         self._sent[seq] = args
-        self.commands.send(functools.partial(self._stored, seq), *args)
+        stream_key, seq_key, *argv = args
+        # SCRIPT LOAD went first on this connection: its hash is known when
+        # this runs, as replies come in order and _up waits for the epoch.
+        self.commands.send(functools.partial(self._stored, seq), "EVALSHA", self._script, 2, stream_key, seq_key,
+                           *argv)
 
     def _stored(self, seq: int, reply) -> None:
         if isinstance(reply, LinkDown):
             return  # still in _sent: spooled again by _down
+        if isinstance(reply, resp.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            self.commands.close("the append script is gone from Redis (SCRIPT FLUSH)")  # sent again after
+            return
         self._sent.pop(seq, None)
         if isinstance(reply, resp.ReplyError):
             self.ctx.log.error(f"Redis: XADD refused: {reply}; message {seq} of this node lost")
@@ -433,6 +485,7 @@ class Cluster:
             "publishesstored": self.counters["stored"],
             "publishesrefused": self.counters["refused"],
             "publishesdropped": self.counters["dropped"],
+            "missedevents": self.counters["missed"],
             "clusternodes": nodes,
             "clusterstreams": sum(n["streams"] for n in nodes),
             "clusterclients": sum(n["clients"] for n in nodes),
