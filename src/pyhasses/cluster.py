@@ -388,7 +388,7 @@ class Cluster:
         """Append an accepted message to the stream (or the spool); delivery
         happens when this node reads it back.  Returns an immediate reply
         (only a refusal), or None; an acknowledgement goes to ``later``
-        (``expect()`` now, ``send(bytes)`` then) once this node has read the
+        (``expect_answer()`` now, ``late_answer(bytes)`` then) once this node has read the
         message back from Redis."""
         if self.link != "up" and len(self._spool) >= self.spool_limit:
             self.counters["refused"] += 1
@@ -404,8 +404,8 @@ class Cluster:
         args = (self.stream_key, self.seq_key, self.maxlen, seq, self.node_id,
                 encode_message(msg.targets, msg.data, msg.event, msg.retry))
         if msg.ack and can_reply and later is not None:
-            later.expect()
-            self._acks[seq] = later.send
+            later.expect_answer()
+            self._acks[seq] = later.late_answer
         if self.link == "up":
             self._append(seq, args)
         else:

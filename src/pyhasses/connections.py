@@ -573,16 +573,16 @@ class ControlInput:
         self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
 
     # Answers that come after their part was run (a cluster's
-    # acknowledgement, once Redis gave the message back): ``expect`` when
-    # one is promised, ``send`` when it comes; the writer's end of input
+    # acknowledgement, once Redis gave the message back): ``expect_answer`` when
+    # one is promised, ``late_answer`` when it comes; the writer's end of input
     # waits for them (``on_settled``).
     awaiting = 0
     on_settled = None
 
-    def expect(self) -> None:
+    def expect_answer(self) -> None:
         self.awaiting += 1
 
-    def send(self, answer: bytes) -> None:
+    def late_answer(self, answer: bytes) -> None:
         self.awaiting -= 1
         if self.reply is not None and self.reply(answer) and self.replied is not None:
             self.replied()

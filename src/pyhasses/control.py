@@ -262,7 +262,7 @@ class ControlHandler:
 
     def handle(self, item, channel: str, can_reply: bool, later=None) -> Optional[bytes]:
         """``later``: where answers that come after this call go (an object
-        with ``expect()`` and ``send(bytes)``; a cluster's acknowledgements)."""
+        with ``expect_answer()`` and ``late_answer(bytes)``; a cluster's acknowledgements)."""
         if isinstance(item, Oversize):
             self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
             return None
