@@ -150,8 +150,8 @@ class Cluster:
         self.link = "connecting"       # "up", "down" or "connecting"
         self.last_stream_id: Optional[bytes] = None  # None: not read yet (fill history first)
         self._seq = 0
-        self._spool: list = []         # (seq, XADD args), oldest first
-        self._sent: dict = {}          # seq -> XADD args, sent and not yet confirmed
+        self._spool: list = []         # (seq, append args), oldest first
+        self._sent: dict = {}          # seq -> append args, sent and not yet confirmed
         self._acks: dict = {}          # seq -> reply function waiting for the read-back
         self._seen: dict = {}          # node id -> highest sequence delivered
         self._failures = 0
@@ -190,8 +190,8 @@ class Cluster:
                 conn.close(reason, notify=False)
         if self.closing or self._retry_timer is not None:
             return
-        # What was sent and not confirmed goes first on the next link
-        # (readers skip it if it was stored after all).
+        # What was sent and not confirmed goes first on the next link (the
+        # append script skips what was stored after all).
         if self._sent:
             self._spool[:0] = sorted(self._sent.items())
             self._sent.clear()
@@ -254,7 +254,10 @@ class Cluster:
         if isinstance(reply, resp.ReplyError):
             self.commands.close(f"TIME: {reply}")
             return
-        self.commands.send(None, "SET", self.epoch_key, int(reply[0]), "NX")
+        # Above the epoch this node knew, even if Redis lost its data within
+        # a second of the last epoch's start.
+        epoch = max(int(reply[0]), self.ids.epoch + 1)
+        self.commands.send(None, "SET", self.epoch_key, epoch, "NX")
         self.commands.send(self._got_epoch, "GET", self.epoch_key)
 
     def _set_epoch(self, epoch: int) -> None:
