@@ -345,3 +345,20 @@ def test_unix_socket_url(tmp_path):
         if node is not None:
             node.stop()
         server.stop()
+
+
+def test_a_node_started_before_redis_serves_and_spools_until_it_comes(tmp_path, redis):
+    redis.kill()
+    node = Daemon(tmp_path, f"--redis={redis.url}")
+    try:
+        client = node.sse()
+        node.wait_clients(1)
+        node.control("room1=early\n")
+        status = node.control_json("tcpstatus")
+        assert status["redis"] != "up" and status["spooled"] == 1
+        assert "link down (cannot connect" in node.log()
+        redis.start()
+        assert [d for _, d in collect(client, 1, 15)] == ["early"]
+        assert node.control_json("tcpstatus")["redis"] == "up"
+    finally:
+        node.stop()
