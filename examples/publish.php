@@ -48,11 +48,16 @@ function pyhasses_publish_fifo(string $fifo, string $token, string $data): void
 if (PHP_SAPI === 'cli' && realpath($argv[0]) === __FILE__) {
     $token = $argv[1] ?? 'room1';
     $data = $argv[2] ?? 'hello from PHP';
-    if (getenv('PYHASSES_FIFO')) {
-        pyhasses_publish_fifo(getenv('PYHASSES_FIFO'), $token, $data);
-        echo "written to the FIFO\n";
-    } else {
-        $ack = pyhasses_publish($token, $data, null, '127.0.0.1', (int) (getenv('PYHASSES_PORT') ?: 8085));
-        echo "delivered to {$ack['delivered']} client(s)\n";
+    try {
+        if (getenv('PYHASSES_FIFO')) {
+            pyhasses_publish_fifo(getenv('PYHASSES_FIFO'), $token, $data);
+            echo "written to the FIFO\n";
+        } else {
+            $ack = pyhasses_publish($token, $data, null, '127.0.0.1', (int) (getenv('PYHASSES_PORT') ?: 8085));
+            echo "delivered to {$ack['delivered']} client(s)\n";
+        }
+    } catch (RuntimeException $e) {
+        fwrite(STDERR, $e->getMessage() . "\n");   // one line, no stack trace
+        exit(1);
     }
 }

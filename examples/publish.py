@@ -38,5 +38,11 @@ def publish(token, data, event=None, host="127.0.0.1", port=8085, timeout=2.0):
 if __name__ == "__main__":
     token = sys.argv[1] if len(sys.argv) > 1 else "room1"
     text = sys.argv[2] if len(sys.argv) > 2 else "hello from Python"
-    count = publish(token, text, port=int(os.environ.get("PYHASSES_PORT", "8085")))
+    port = int(os.environ.get("PYHASSES_PORT", "8085"))
+    try:
+        count = publish(token, text, port=port)
+    except OSError as exc:
+        sys.exit(f"publish.py: cannot reach pyhasses on 127.0.0.1:{port}: {exc.strerror or exc}")
+    except RuntimeError as exc:
+        sys.exit(f"publish.py: {exc}")
     print(f"delivered to {count} client(s)")

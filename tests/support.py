@@ -7,6 +7,7 @@ process started is ended by its pid.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,10 +22,47 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
 
-def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+
+
+#: Set (scripts/test documents it): no test installs, removes or adds
+#: anything outside its own temporary files.
+NO_SYSTEM_CHANGE = bool(os.environ.get("PYHASSES_TEST_NO_SYSTEM"))
+
+
+def free_port(tries: int = 20) -> int:
+    """A TCP port free on both loopback addresses, as the daemon binds
+    both (and the wildcard of both families for the SSE port): the kernel
+    picks it for a dual-stack wildcard socket, then each loopback address
+    is checked.  Another process may still take it before the daemon does;
+    ``Daemon`` starts again on new ports when that happens."""
+    for _ in range(tries):
+        port = _wildcard_port()
+        if all(_bindable(family, host, port) for family, host in LOOPBACKS):
+            return port
+    raise AssertionError(f"no port free on 127.0.0.1 and ::1 after {tries} tries")
+
+
+def _wildcard_port() -> int:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+            return s.getsockname()[1]
+    except OSError:  # no IPv6 here
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("0.0.0.0", 0))
+            return s.getsockname()[1]
+
+
+def _bindable(family, host, port) -> bool:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+        return True
+    except OSError as exc:
+        # An address family or loopback address this host lacks is no conflict.
+        return exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02, what: str = "condition"):
@@ -36,6 +74,14 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def id_key(event_id: str) -> tuple:
+    """An event id (``<T><R>``, sse.EventIds: digits, the run's tag in the
+    last 9) as (tag, T): T sorts in the order the daemon handed ids out
+    within one run, and the whole text compares as an integer across runs."""
+    assert event_id.isascii() and event_id.isdigit() and len(event_id) > 9 and event_id[0] != "0", event_id
+    return event_id[-9:], int(event_id[:-9])
 
 
 def pyhasses_env() -> dict:
@@ -85,33 +131,59 @@ class Daemon:
     """``pyhasses -nodaemon`` on free ports; ``stop()`` ends it by its pid."""
 
     def __init__(self, tmp_path, *extra, fifo=False, control=True, murl="/sse", args=None, start=True,
-                 wait_ready=True):
+                 wait_ready=True, env=None):
         self.tmp = Path(tmp_path)
-        self.port = free_port()
-        self.cport = free_port() if control else None
+        self.env = env or {}  # added to the daemon's environment
         self.fifo = str(self.tmp / "fifo") if fifo else None
         self.murl = murl
-        self.logpath = self.tmp / f"daemon-{self.port}.log"
-        if args is None:
-            args = ["-nodaemon", f"-p={self.port}", f"-murl={murl}"]
-            if self.cport:
-                args.append(f"-cp={self.cport}")
-            if self.fifo:
-                args.append(f"-fifo={self.fifo}")
-        self.args = list(args) + list(extra)
+        self.extra = list(extra)
+        self.ports_chosen_here = args is None
+        self.control_wanted = control
+        self._choose_ports()
+        if args is not None:
+            self.args = list(args) + self.extra
         self.proc = None
         if start:
             self.start(wait_ready)
 
-    def start(self, wait_ready=True):
+    #: A port taken between free_port() and the daemon's bind.
+    PORT_TAKEN = "Address already in use"
+
+    def _choose_ports(self):
+        self.port = free_port()
+        self.cport = free_port() if self.control_wanted else None
+        self.logpath = self.tmp / f"daemon-{self.port}.log"
+        args = ["-nodaemon", f"-p={self.port}", f"-murl={self.murl}"]
+        if self.cport:
+            args.append(f"-cp={self.cport}")
+        if self.fifo:
+            args.append(f"-fifo={self.fifo}")
+        self.args = args + self.extra
+
+    def start(self, wait_ready=True, tries=3):
+        """Start; when ports chosen here were taken meanwhile (EADDRINUSE),
+        start again on new ones."""
+        for attempt in range(tries):
+            self._spawn()
+            if not wait_ready:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except AssertionError:
+                taken = self.proc.poll() is not None and self.PORT_TAKEN in self.log()
+                if not (taken and self.ports_chosen_here and attempt + 1 < tries):
+                    raise
+                self._logf.close()
+                self._choose_ports()
+        return self
+
+    def _spawn(self):
         self._logf = open(self.logpath, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyhasses", *self.args],
-            stdout=self._logf, stderr=subprocess.STDOUT, env=pyhasses_env(), cwd=str(self.tmp),
+            stdout=self._logf, stderr=subprocess.STDOUT, env={**pyhasses_env(), **self.env}, cwd=str(self.tmp),
         )
-        if wait_ready:
-            self.wait_ready()
-        return self
 
     def wait_ready(self, timeout=10.0):
         def ready():

@@ -31,10 +31,41 @@ def test_help_lists_flags_and_commands():
 def test_unknown_switch_exits_1():
     r = run("-p=8080", "-murl=/sse", "-cp=8085", "-bogus")
     assert r.returncode == 1 and '"-bogus"' in r.stderr
+    assert "did you mean" not in r.stderr
+
+
+@pytest.mark.parametrize("arg, suggested", [
+    ("-port=8080", "did you mean -p=8080?"),
+    ("--p=8080", "did you mean -p=8080?"),
+    ("-nodeamon", "did you mean -nodaemon?"),
+    ("-murll=/sse", "did you mean -murl=/sse?"),
+    ("--fifo-grup=www-data", "did you mean --fifo-group www-data?"),
+    ("-control-port=8085", "did you mean -cp=8085?"),
+])
+def test_unknown_switch_close_to_a_known_one_suggests_it(arg, suggested):
+    r = run("-murl=/sse", "-cp=8085", arg)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and suggested in r.stderr, r.stderr
+
+
+def test_no_arguments_points_to_help():
+    r = run()
+    assert r.returncode == 2 and r.stdout == ""
+    assert "pyhasses -h" in r.stderr and "Usage:" in r.stderr
+
+
+def test_log_file_with_nodaemon_gets_one_notice(tmp_path):
+    log = tmp_path / "ignored.log"
+    # -cp=0 is refused after the notice: the notice comes before any start.
+    r = run("-nodaemon", f"-l={log}", "-p=8080", "-murl=/sse", "-cp=8085", "-sep==")
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"pyhasses: -l={log} is ignored with -nodaemon: the log goes to stdout", lines
+    assert len(lines) == 2 and not log.exists()
 
 
 @pytest.mark.parametrize("args,reason", [
-    ((), "missing -p"),
+    (("-murl=/sse", "-cp=8085"), "missing -p"),
     (("-p=8080", "-cp=8085"), "missing -murl"),
     (("-p=8080", "-murl=/sse"), "-cp=PORT and/or -fifo=PATH"),
     (("-p=0", "-murl=/sse", "-cp=1"), "port out of range"),

@@ -1,6 +1,8 @@
 """Control framing and parsing, bytes only (PROTOCOL.md 5, 5a, 6)."""
 
-from pyhasses.control import Command, Framer, Invalid, Message, Oversize, interpret
+import json
+
+from pyhasses.control import Command, Framer, Invalid, Message, Oversize, PipeReads, interpret
 
 
 def frame(*chunks, sep=b";", limit=1 << 20, finish=False):
@@ -136,3 +138,43 @@ def test_json_errors():
 def test_unknown_json_field_names_are_quoted_in_the_reason():
     r = i('{"to": "r", "data": "x", "a\\nFAKE": 1, "\\ud800": 2}')
     assert isinstance(r, Invalid) and "\n" not in r.reason and "'a\\nFAKE'" in r.reason
+
+
+# -- limits that keep memory bounded (issue 15) ------------------------------
+def test_an_excluded_id_is_no_longer_than_the_token_limit():
+    assert i("room-" + "u" * 128 + "=m").targets[0].except_ids == {"u" * 128}
+    bad = i("room-" + "u" * 129 + "=m")
+    assert isinstance(bad, Invalid) and "longer than 128" in bad.reason
+    bad = i(json.dumps({"to": "room", "data": "m", "except": ["u" * 129]}))
+    assert isinstance(bad, Invalid) and "longer than 128" in bad.reason
+
+
+def test_the_number_of_excluded_ids_is_bounded():
+    ok = interpret(json.dumps({"to": "r", "data": "m", "except": ["a", "b"]}).encode(), 128, 1 << 20, 2)
+    assert isinstance(ok, Message)
+    bad = interpret(json.dumps({"to": "r", "data": "m", "except": ["a", "b", "c"], "ack": True}).encode(),
+                    128, 1 << 20, 2)
+    assert isinstance(bad, Invalid) and bad.ack and "--max-except" in bad.reason
+
+
+def test_json_nested_too_deeply_is_invalid_not_an_exception():
+    for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000, "[" * 100_000):
+        bad = i('{"ack": true, "to": "t", "data": ' + nested + "}")
+        assert isinstance(bad, Invalid) and bad.is_json and "nested too deeply" in bad.reason
+
+
+# -- FIFO reads (issue 15) ---------------------------------------------------
+def test_a_short_read_ends_a_part():
+    reads = PipeReads(65536)
+    assert reads.ends_part(15) and reads.ends_part(10)
+
+
+def test_a_full_read_or_one_ending_on_a_page_may_be_continued():
+    reads = PipeReads(65536)
+    assert not reads.ends_part(65536)       # filled the buffer: the writer may be waiting
+    assert not reads.ends_part(3 * 4096)    # the pipe was full of whole pages
+    assert not reads.ends_part(65536)
+    assert reads.ends_part(200_000 - 2 * 65536 - 3 * 4096)  # the rest of a 200,000-byte write
+    assert not reads.ends_part(4096)        # a fresh run, page-aligned again
+    reads.reset()                            # its tail was flushed as idle
+    assert reads.ends_part(100)

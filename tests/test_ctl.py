@@ -130,8 +130,8 @@ def test_send_over_fifo(daemon):
 
 
 def test_daemon_error_answer_exits_1(daemon):
-    # The daemon's token limit (128 by default) is its own: only it can refuse this.
-    r = ctl(*tcp(daemon), "send", "--ack", "t" * 300, "too long an address")
+    # Told the daemon allows longer tokens than it does, the tool sends; the daemon refuses.
+    r = ctl(*tcp(daemon), "--max-token-length", "400", "send", "--ack", "t" * 300, "too long an address")
     assert r.returncode == 1
     assert "refused" in r.stderr and "longer than" in r.stderr
 
@@ -270,3 +270,53 @@ def test_output_cut_short_by_the_reader_is_not_a_crash(daemon):
     finally:
         os.close(write_end)
     assert (r.returncode, r.stderr) == (141, "")
+
+
+def ctl_env(env_extra, *args, timeout=20):
+    """``pyhasses-ctl`` with the environment a shell backend would set."""
+    env = {**pyhasses_env(), **env_extra}
+    return subprocess.run([sys.executable, "-m", "pyhasses.ctl", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_port_and_fifo_come_from_the_examples_variables(daemon):
+    client = daemon.sse("room1")
+    r = ctl_env({"PYHASSES_PORT": str(daemon.cport)}, "send", "--ack", "room1", "by PYHASSES_PORT")
+    assert r.returncode == 0 and "delivered: 1" in r.stdout, r.stderr
+    assert client.read_event()["data"] == "by PYHASSES_PORT"
+    r = ctl_env({"PYHASSES_FIFO": daemon.fifo, "PYHASSES_PORT": str(free_port())}, "send", "room1", "by FIFO")
+    assert r.returncode == 0, r.stderr
+    assert client.read_event()["data"] == "by FIFO"
+    # The command line still wins.
+    r = ctl_env({"PYHASSES_PORT": str(free_port())}, "--port", str(daemon.cport), "count")
+    assert r.returncode == 0 and r.stdout.strip() == "1"
+
+
+def test_bad_port_variable_is_a_usage_error():
+    r = ctl_env({"PYHASSES_PORT": "eighty"}, "status")
+    assert r.returncode == 2 and "--port" in r.stderr
+
+
+@pytest.mark.parametrize("token, reason", [
+    ("t" * 129, "longer than 128"),
+    ("room1-", "empty id"),
+    ("x*-", "empty id"),
+])
+def test_token_the_daemon_would_refuse_is_refused_before_sending(daemon, token, reason):
+    client = daemon.sse("t" * 128)
+    for channel in (tcp(daemon), ["--fifo", daemon.fifo]):
+        r = ctl(*channel, "send", token, "never sent")
+        assert r.returncode == 2 and reason in r.stderr and "would refuse" in r.stderr, r.stderr
+    r = ctl(*tcp(daemon), "send", "--except", "u" * 129, "room1", "never sent")
+    assert r.returncode == 2 and "excluded id longer than 128" in r.stderr
+    r = ctl(*tcp(daemon), "send", "t" * 128, "at the limit")
+    assert r.returncode == 0, r.stderr
+    assert client.read_event()["data"] == "at the limit"
+
+
+def test_longer_tokens_pass_when_the_daemon_allows_them(daemon_factory):
+    d = daemon_factory("--max-token-length", "300")
+    client = d.sse("t" * 200)
+    r = ctl_env({"PYHASSES_MAX_TOKEN_LENGTH": "300"}, *tcp(d), "send", "t" * 200, "long one")
+    assert r.returncode == 0, r.stderr
+    assert client.read_event()["data"] == "long one"

@@ -9,15 +9,19 @@ import sys
 import time
 
 from support import wait_until
+from tcpqueues import peer_has_read
 
 
-def test_message_split_over_two_writes(daemon):
+def test_message_split_over_two_writes(daemon_factory):
+    # A long idle flush: a loaded machine's pause between writes must not
+    # end the part early; each write is read by itself before the next.
+    daemon = daemon_factory("--idle-flush", "5")
     c = daemon.sse("room1")
     with socket.create_connection(("127.0.0.1", daemon.cport)) as s:
-        s.sendall(b"roo")
-        time.sleep(0.2)
-        s.sendall(b"m1=hel")
-        time.sleep(0.2)
+        for part in (b"roo", b"m1=hel"):
+            s.sendall(part)
+            wait_until(lambda: peer_has_read(s), timeout=5, interval=0.005, what="the daemon to read the part")
+        c.expect_nothing(0.05)  # an incomplete part is not published
         s.sendall(b"lo\n")
         assert c.read_event()["data"] == "hello"
 
@@ -204,6 +208,8 @@ def test_tcp_commands_on_fifo_are_not_answered(daemon):
     c = daemon.sse("r")
     daemon.publish_fifo("tcpstatus\nr=after\n")
     assert c.read_event()["data"] == "after"
+    daemon.wait_log(r"fifo: tcpstatus replies only on the TCP control port; ignored")
+    assert '"msgproccnt"' not in daemon.log()  # no JSON reply written anywhere
 
 
 def test_control_port_loopback_by_default(daemon):

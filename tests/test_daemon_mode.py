@@ -359,13 +359,20 @@ def test_log_the_user_cannot_reopen_keeps_the_daemon_serving(daemon_run, user_di
         rotated = logdir / "pyhasses.log.1"
         run.logfile.rename(rotated)
         os.kill(run.pid, signal.SIGHUP)
+        # Only then a client: a line logged before the signal is read would
+        # note the failure itself, and the SIGHUP would rightly say it again.
+        wait_until(lambda: "not reopened" in rotated.read_text(), 5, what="the SIGHUP's line")
         client = sse_get(run.port, "room1")
         recv_until(client, b"\r\n\r\n")
         run.control("room1=still here\n")
         recv_until(client, b"data: still here\n")
         client.close()
         wait_until(lambda: "Connect from" in rotated.read_text(), 5, what="lines in the old file")
-        assert "cannot reopen log file" in rotated.read_text()
+        text = rotated.read_text()
+        # The SIGHUP says it failed, once, and never that it worked.
+        assert "SIGHUP: log file not reopened: cannot reopen log file" in text
+        assert text.count("cannot reopen log file") == 1, text
+        assert "SIGHUP: log file reopened" not in text
         assert not process_gone(run.pid)
         run.stop()
     finally:
@@ -399,3 +406,46 @@ def test_tls_in_daemon_mode_and_one_sighup_for_log_and_certificate(daemon_run, t
     client.close()
     fresh.close()
     run.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_while_the_command_waits_is_obeyed_at_once(tmp_path, signum):
+    """The daemon is slow to serve (held 5 s before its loop starts); the
+    operator's Ctrl-C (or SIGTERM) ends the waiting command at once, and the
+    daemon it started is told to stop, and does once it can."""
+    run = DaemonRun(tmp_path)
+    code = (
+        "import sys, time, pyhasses.service as s\n"
+        "serve = s.Daemon.serve\n"
+        "def slow(self, *a, **k):\n"
+        "    time.sleep(5)\n"
+        "    return serve(self, *a, **k)\n"
+        "s.Daemon.serve = slow\n"
+        "from pyhasses.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = subprocess.Popen([sys.executable, "-c", code, *run.args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=pyhasses_env(), cwd=str(tmp_path))
+    try:
+        wait_until(lambda: run.pidfile.exists() and run.pidfile.read_text().strip(), timeout=10,
+                   what="the daemon's pid file")
+        daemon_pid = int(run.pidfile.read_text())
+        assert command.poll() is None  # still waiting for the report
+        sent = time.monotonic()
+        command.send_signal(signum)
+        _, err = command.communicate(timeout=10)
+        assert time.monotonic() - sent < 2.5, "the command kept waiting"
+        assert command.returncode == 1
+        assert f"start interrupted by {signal.Signals(signum).name}" in err
+        assert f"told the daemon (pid {daemon_pid}) to stop" in err
+        wait_until(lambda: process_gone(daemon_pid), timeout=15, what="the daemon to stop")
+        assert not run.pidfile.exists()
+        assert "Received INT/TERM signal" in run.log()
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait(5)
+        if run.pidfile.exists():
+            pid = int(run.pidfile.read_text() or 0)
+            if pid and not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from support import SseClient, raw_exchange, wait_until
+from support import SseClient, id_key, raw_exchange, wait_until
+from tcpqueues import peer_has_read
 
 DATE = re.compile(rb"Date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
 ACA = (b"Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET\r\n"
@@ -82,10 +83,9 @@ def test_cors_base_is_used(daemon_factory):
 
 def test_head_split_over_two_writes(daemon):
     c = SseClient("127.0.0.1", daemon.port)
-    c.request(b"GET /sse?subscr")
-    time.sleep(0.3)
-    c.request(b"ibe=room1 HTTP/1.1\r\nConnection: keep-")
-    time.sleep(0.3)
+    for part in (b"GET /sse?subscr", b"ibe=room1 HTTP/1.1\r\nConnection: keep-"):
+        c.request(part)
+        wait_until(lambda: peer_has_read(c.sock), timeout=5, interval=0.005, what="the daemon to read the part")
     c.request(b"alive\r\n\r\n")
     c.read_handshake()
     daemon.control("room1=joined\n")
@@ -127,22 +127,27 @@ def test_event_format_and_increasing_ids(daemon):
     raw = [c.read_chunk() for _ in range(3)]
     ids = []
     for body, text in zip(raw, ("one", "two", "three")):
-        m = re.fullmatch(rb"id: (\d+)\ndata: (.*)\n\n", body)
+        m = re.fullmatch(rb"id: ([1-9][0-9]{9,})\ndata: (.*)\n\n", body)
         assert m and m.group(2) == text.encode()
-        ids.append(int(m.group(1)))
-    assert ids == sorted(set(ids))
+        ids.append(id_key(m.group(1).decode()))
+    assert ids == sorted(set(ids)) and len({tag for tag, _ in ids}) == 1
 
 
-def test_ids_increase_across_restart(daemon_factory):
+def test_a_restart_gives_ids_of_a_new_run_that_still_grow(daemon_factory):
+    """An id of the earlier run can never name an event of this one, and
+    with a sane clock the new run's ids are greater, as integers."""
     d = daemon_factory()
     c = d.sse("r")
     d.control("r=before\n")
-    first = int(c.read_event()["id"])
+    first_text = c.read_event()["id"]
+    first = id_key(first_text)
     assert d.stop() == 0
     d2 = daemon_factory()
     c2 = d2.sse("r")
     d2.control("r=after\n")
-    assert int(c2.read_event()["id"]) > first
+    after_text = c2.read_event()["id"]
+    after = id_key(after_text)
+    assert after[0] != first[0] and after[1] > first[1] and int(after_text) > int(first_text)
 
 
 def test_multiline_message_is_several_data_lines(daemon):

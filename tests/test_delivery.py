@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from support import SseClient, parse_event, raw_exchange, wait_until
+from support import SseClient, id_key, parse_event, raw_exchange, wait_until
 
 
 def open_stream(d, subscribe, uniq=None, last_id=None, query_last_id=None, sock_setup=None,
@@ -63,8 +63,8 @@ def test_resume_gets_exactly_the_missed_events_for_its_token_then_live(daemon_fa
     again = open_stream(d, "mine", uniq="u1", last_id=last_id)
     got = again.read_events(10)
     assert [e["data"] for e in got] == expected
-    ids = [int(e["id"]) for e in got]
-    assert ids == sorted(ids) and ids[0] > int(last_id)
+    ids = [id_key(e["id"]) for e in got]
+    assert ids == sorted(ids) and ids[0] > id_key(last_id)
     d.control("mine=live")
     assert again.read_event()["data"] == "live"
     again.expect_nothing(0.3)
@@ -104,7 +104,7 @@ def test_reconnecting_while_messages_keep_coming_loses_and_repeats_nothing(daemo
         stop.set()
         publisher.join(10)
     assert [n for n, _ in seen] == list(range(total))
-    ids = [int(i) for _, i in seen]
+    ids = [id_key(i) for _, i in seen]
     assert ids == sorted(set(ids))
 
 

@@ -62,8 +62,10 @@ def test_python_example_publishes(daemon):
 
 
 def test_python_example_fails_clearly_without_daemon():
-    r = run_example([sys.executable, "publish.py", "room1", "x"], {"PYHASSES_PORT": str(free_port())})
-    assert r.returncode != 0 and "ConnectionRefusedError" in r.stderr
+    port = free_port()
+    r = run_example([sys.executable, "publish.py", "room1", "x"], {"PYHASSES_PORT": str(port)})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr == f"publish.py: cannot reach pyhasses on 127.0.0.1:{port}: Connection refused\n"
 
 
 @needs_php
@@ -88,5 +90,14 @@ def test_php_example_reports_refusal_and_absence(daemon):
     r = run_example([PHP, "publish.php", "t" * 300, "x"], {"PYHASSES_PORT": str(daemon.cport)})
     assert r.returncode != 0 and "pyhasses refused the message" in r.stdout + r.stderr
     r = run_example([PHP, "publish.php", "room1", "x"], {"PYHASSES_PORT": str(free_port())})
-    assert r.returncode != 0 and "cannot connect" in r.stdout + r.stderr
+    assert r.returncode == 1 and r.stdout == ""
+    assert "cannot connect" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_line_says_why_when_nothing_listens():
+    port = free_port()
+    r = run_example([str(EXAMPLES / "stream-with-curl.sh")],
+                    {"PYHASSES_STREAM": f"http://127.0.0.1:{port}/sse?subscribe=room1"})
+    assert r.returncode != 0 and "Failed to connect" in r.stderr, r.stderr
 

@@ -10,7 +10,7 @@ import time
 from pyhasses import flushqueue
 from pyhasses.flushqueue import FlushQueue
 from pyhasses.hub import Hub, parse_target
-from support import parse_event, subscribed
+from support import id_key, parse_event, subscribed
 
 
 def test_held_events_are_joined_per_run_of_targets_in_publishing_order():
@@ -85,7 +85,7 @@ def test_acked_publishes_reach_every_stream_in_order_across_slices(daemon):
         for s in socks:
             events = read_events(s, 30)
             assert [e["data"] for e in events] == [f"m{i}" for i in range(30)]
-            ids = [int(e["id"]) for e in events]
+            ids = [id_key(e["id"]) for e in events]
             assert ids == sorted(set(ids))  # each event its own, increasing id
     finally:
         for s in socks:
@@ -102,7 +102,7 @@ def test_one_control_write_of_many_events_arrives_as_separate_events(daemon):
         for s in socks:
             events = read_events(s, 51)
             assert [e["data"] for e in events] == [f"b{i}" for i in range(50)] + ["last"]
-            ids = [int(e["id"]) for e in events]
+            ids = [id_key(e["id"]) for e in events]
             assert ids == sorted(set(ids))
         assert [e["data"] for e in read_events(other, 1)] == ["e"]
         status = daemon.control_json("tcpstatus")

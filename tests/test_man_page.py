@@ -73,3 +73,16 @@ def test_pyhasses_ctl_page_renders_without_warnings():
     assert done.returncode == 0 and done.stderr == ""
     for word in ("send", "status", "clients", "count", "--fifo", "--ack", "--timeout"):
         assert word in done.stdout
+
+
+def test_every_tcpstatus_key_is_documented(page, daemon):
+    """Read from a running daemon, so a key added later must be added here too."""
+    keys = set(daemon.control_json("tcpstatus"))
+    entry = page.split(".B tcpstatus\n", 1)[1].split(".TP", 1)[0]
+    missing = sorted(k for k in keys | {"certsubject", "certexpires"} if not re.search(rf"\b{k}\b", entry))
+    assert missing == []
+
+
+def test_see_also_names_the_control_tool(page):
+    see_also = page.split('.SH "SEE ALSO"', 1)[1].split(".SH", 1)[0]
+    assert r".BR pyhasses\-ctl (1)" in see_also

@@ -89,11 +89,16 @@ def test_stream_field_round_trip_keeps_targets_and_fields():
 
 def test_cluster_ids_grow_with_the_stream_and_across_epochs():
     ids = cluster.ClusterIds()
-    ids.epoch = 1700000000
+    assert ids.key_of("1") is None  # no epoch known yet: no id is ours
+    ids.begin_epoch(1700000000)
+    start = ids.last_key
     a = ids.of_stream_id(b"1764304232000-0")
     b = ids.of_stream_id(b"1764304232000-1")
     c = ids.of_stream_id(b"1764304232001-0")
-    assert a < b < c <= ids.now()
-    ids.epoch += 1
+    assert start < a < b < c
+    assert ids.stream_id_of(b) == "1764304232000-1"
+    assert ids.key_of(str(c)) == c and ids.key_of(ids.last_text) == start
+    assert ids.key_of("abc") is None and ids.key_of("") is None and ids.key_of("9" * 41) is None
+    ids.begin_epoch(1700000001)
     assert ids.of_stream_id(b"1-0") > c  # a later epoch is above everything before it
-    assert ids.key_of(str(c)) == c and ids.key_of("abc") is None and ids.key_of("") is None
+    assert ids.key_of(str(c)) is None  # another epoch's id is not one of ours: a reset

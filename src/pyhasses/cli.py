@@ -14,7 +14,7 @@ import pwd
 import sys
 from typing import Callable, Optional
 
-from . import __version__, config
+from . import __version__, config, fifo
 from .settings import (
     Endpoint,
     Settings,
@@ -60,6 +60,13 @@ def _octal(text: str) -> int:
         raise SettingsError(f"not an octal file mode: {text!r}") from None
 
 
+def _group(text: str) -> int:
+    try:
+        return fifo.parse_group(text)
+    except KeyError:
+        raise SettingsError(f"no such group: {text!r}") from None
+
+
 def _loopback_endpoint(text: str) -> Endpoint:
     """``[ADDR:]PORT`` for a port that listens on loopback unless told."""
     return parse_endpoint(text, default_hosts=expand_hosts(["localhost"]))
@@ -100,12 +107,15 @@ OPTIONS = (
     Option((), "--control-bind", "control_bind", "ADDR",
            "address for the control port (default localhost: 127.0.0.1 and ::1; * for every address)",
            parse_host),
-    Option((), "--fifo-mode", "fifo_mode", "OCTAL", "mode of a FIFO the daemon creates (default 0660)", _octal),
+    Option((), "--fifo-mode", "fifo_mode", "OCTAL",
+           "mode of the FIFO (default 0660 for one it creates; given, it is also set on an existing one)", _octal),
+    Option((), "--fifo-group", "fifo_group", "GROUP",
+           "group of the FIFO, so its members may publish (default: the run user's group)", _group),
     Option((), "--handshake-timeout", "handshake_timeout", "SECONDS",
            "close a connection that has not completed its handshake (default 20)",
            parse_seconds),
     Option((), "--stream-lifetime", "stream_lifetime", "SECONDS",
-           "close an established stream this long after its handshake (default 3600)",
+           "close an established stream about this long (+-10 %) after its handshake (default 3600)",
            parse_seconds),
     Option((), "--max-head-bytes", "max_head_bytes", "SIZE", "largest request head (default 32K)",
            parse_size),
@@ -115,6 +125,8 @@ OPTIONS = (
     Option((), "--max-message-bytes", "max_message_bytes", "SIZE", "largest message (default 1M)",
            parse_size),
     Option((), "--max-token-length", "max_token_length", "N", "longest token, subscribed or addressed (default 128)", _int),
+    Option((), "--max-except", "max_except", "N",
+           "ids one JSON message may list in \"except\" (default 256); more: refused", parse_count),
     Option((), "--idle-flush", "idle_flush", "SECONDS",
            "take an unterminated control part as complete after this idle time (default 0.5)",
            parse_seconds),
@@ -220,6 +232,24 @@ for _opt in OPTIONS:
         _BY_NAME[_name] = _opt
 
 
+def _suggestion(name: str, eq: str, value: str) -> str:
+    """``; did you mean -p=8080?`` for a switch close to a known one: a GNU
+    name with one dash (``-port``), a hasses name with two, or a typo."""
+    import difflib
+
+    opt = _BY_NAME.get("-" + name) or _BY_NAME.get(name.lstrip("-") and "-" + name.lstrip("-"))
+    if opt is None:
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.75)
+        opt = _BY_NAME[close[0]] if close else None
+    if opt is None:
+        return ""
+    if opt.legacy:
+        spelled = f"{opt.legacy[0]}={value}" if opt.metavar else opt.legacy[0]
+    else:
+        spelled = f"{opt.long} {value}" if opt.metavar and eq else opt.long
+    return f"; did you mean {spelled}?"
+
+
 def parse_args(argv) -> dict:
     """argv (without the program name) to a dict of converted values.
     Raises UsageError; returns {"help": True} or {"version": True} early."""
@@ -236,7 +266,7 @@ def parse_args(argv) -> dict:
         name, eq, value = arg.partition("=")
         opt = _BY_NAME.get(name)
         if opt is None or not arg.startswith("-"):
-            raise UsageError(f'unknown switch: "{arg}" (see -h)', EXIT_FAILURE)
+            raise UsageError(f'unknown switch: "{arg}"{_suggestion(name, eq, value)} (see -h)', EXIT_FAILURE)
         if opt.metavar is None:
             if eq:
                 raise UsageError(f"{name} takes no value")
@@ -286,10 +316,22 @@ def with_config_file(raw: dict) -> dict:
     return {**config.load(raw.pop("config"), parse_args, UsageError), **raw}
 
 
+def _notice_ignored_log_file(given: dict, merged: dict) -> None:
+    """-l typed with -nodaemon is a mistake worth a line; -l in a config
+    file shared by both modes (the packaged one) is not."""
+    if merged.get("nodaemon"):
+        print(f"pyhasses: -l={given['logfile']} is ignored with -nodaemon: the log goes to stdout",
+              file=sys.stderr)
+
+
 def main(argv=None) -> int:
     from . import service
 
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("Usage: pyhasses -p=PORT -murl=PATH [-cp=PORT] [-fifo=PATH] [options]\n"
+              "pyhasses: no options given; pyhasses -h lists them all", file=sys.stderr)
+        return EXIT_USAGE
     try:
         raw = parse_args(argv)
         if raw.get("help"):
@@ -298,10 +340,12 @@ def main(argv=None) -> int:
         if raw.get("version"):
             print(f"pyhasses {__version__}")
             return 0
+        if "logfile" in raw:
+            _notice_ignored_log_file(raw, with_config_file(raw))
         settings = build_settings(with_config_file(raw))
     except config.ConfigError as exc:
         print(f"pyhasses: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.status
     except UsageError as exc:
         print(f"pyhasses: {exc}", file=sys.stderr)
         return exc.status

@@ -31,7 +31,8 @@ Event ids: ``epoch * 10**19 + ms * 10**6 + seq`` for stream id ``ms-seq``,
 written in decimal.  They only grow, within an epoch and across epochs, and
 every node derives the same id for the same entry, so any node can resume
 any other node's client.  ``ClusterIds`` has the interface of the
-single-node id source: ``last``, ``now()`` and ``key_of(text)``.
+single-node id source (``sse.EventIds``): ``last_key``, ``last_text`` and
+``key_of(text)``.
 """
 
 from __future__ import annotations
@@ -75,29 +76,52 @@ BACKOFF_MAX = 5.0
 
 
 class ClusterIds:
-    """Event ids on a cluster (see the module docstring)."""
+    """Event ids on a cluster (see the module docstring), with the interface
+    of ``sse.EventIds`` that history and resume use: an id's key is the id
+    itself as an int, its text is ``str(key)``; ``key_of`` takes only ids
+    of this epoch (another epoch's id gets a reset as an unknown id)."""
 
     __slots__ = ("epoch", "last")
 
+    #: Digits of the largest id (epoch of 10 digits and 19 below it): a
+    #: longer Last-Event-ID is not ours, and is not turned into an int.
+    MAX_DIGITS = 40
+
     def __init__(self):
         self.epoch = 0
-        self.last = 0  # the id of the newest event this node delivered
+        self.last = 0  # key of the newest event this node read (the epoch's start before the first)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Ids of ``epoch`` from now on; none read yet."""
+        self.epoch = epoch
+        self.last = epoch * EPOCH_SCALE
 
     def of_stream_id(self, stream_id: bytes) -> int:
         ms, _, seq = stream_id.partition(b"-")
         return self.epoch * EPOCH_SCALE + int(ms) * MS_SCALE + int(seq or 0)
 
-    def now(self) -> int:
-        """The largest id this epoch can give: a Last-Event-ID above it was
-        never given out."""
-        return (self.epoch + 1) * EPOCH_SCALE - 1
+    def stream_id_of(self, key: int) -> str:
+        """The Redis stream id of an id of this epoch."""
+        rest = key - self.epoch * EPOCH_SCALE
+        return f"{rest // MS_SCALE}-{rest % MS_SCALE}"
 
-    def next(self) -> int:  # pragma: no cover - ids come from the stream
+    def next_id(self):  # pragma: no cover - ids come from the stream
         raise RuntimeError("on a cluster, ids come from the Redis stream")
 
-    @staticmethod
-    def key_of(text: str) -> Optional[int]:
-        return int(text) if text and text.isascii() and text.isdigit() else None
+    def key_of(self, text: Optional[str]) -> Optional[int]:
+        if (not text or len(text) > self.MAX_DIGITS or not text.isascii() or not text.isdigit()
+                or not self.epoch):
+            return None
+        key = int(text)
+        return key if key // EPOCH_SCALE == self.epoch else None
+
+    @property
+    def last_key(self) -> int:
+        return self.last
+
+    @property
+    def last_text(self) -> str:
+        return str(self.last)
 
 
 def encode_message(targets, data: str, event: Optional[str], retry: Optional[int]) -> bytes:
@@ -223,10 +247,18 @@ class Cluster:
                              f"{len(self._spool)} spooled publish(es) to append")
         self.link = "up"
         self._failures = 0
+        self._flush_spool()
+        self._register()
+
+    def _flush_spool(self) -> None:
+        """Append what waited, once the backlog is read: an entry appended
+        before the first read would be taken for backlog (history only)
+        and never reach this node's clients."""
+        if self.link != "up" or self.last_stream_id is None:
+            return
         spool, self._spool = self._spool, []
         for seq, args in spool:
             self._append(seq, args)
-        self._register()
 
     # -- the epoch --------------------------------------------------------------
     def _check_epoch(self) -> None:
@@ -262,7 +294,8 @@ class Cluster:
 
     def _set_epoch(self, epoch: int) -> None:
         old = self.ids.epoch
-        self.ids.epoch = epoch
+        if epoch != old:
+            self.ids.begin_epoch(epoch)
         self._epoch_known = True
         if old and epoch != old:
             self._new_epoch(old, epoch)
@@ -277,7 +310,6 @@ class Cluster:
         self.counters["epochs"] += 1
         self.ctx.history.clear()
         self._seen.clear()
-        self.ids.last = 0  # an id of the old epoch is no longer the newest: it resumes with a reset
         hub = self.ctx.hub
         event = reset_event(None, "new-epoch")
         for client in list(hub.streams):
@@ -309,8 +341,13 @@ class Cluster:
         entries = list(reversed(reply))
         if self.ctx.settings.history_count > 0:
             self._deliver(entries, live=False)
+            if len(entries) >= self.ctx.settings.history_count:
+                # The stream may hold older entries than these: a client
+                # that last saw one of them missed some (a reset says so).
+                self.ctx.history.missing_before(self.ids.of_stream_id(entries[0][0]))
         self.last_stream_id = entries[-1][0] if entries else b"0-0"
         self._read_next()
+        self._flush_spool()
 
     def _read_next(self) -> None:
         if self.reader is not None and not self.reader.closed:
@@ -363,15 +400,16 @@ class Cluster:
                 except (KeyError, ValueError, TypeError, IndexError) as exc:
                     ctx.log.error(f"Redis: entry {stream_id!r} of {self.stream_key} is not a message ({exc!r}); skipped")
                     continue
-                chunk = sse.encode_event(event_id, data, event, retry)
+                id_text = str(event_id)
+                chunk = sse.encode_event(id_text, data, event, retry)
                 delivered = hub.publish(targets, chunk) if live else 0
-                history.record(event_id, targets, chunk)
+                history.record(event_id, id_text, targets, chunk)
                 ids.last = event_id
                 self.counters["read"] += 1
                 if node == me:
                     reply = self._acks.pop(seq, None)
                     if reply is not None:
-                        reply(_json_line({"ok": True, "id": str(event_id), "stored": True, "delivered": delivered}))
+                        reply(_json_line({"ok": True, "id": id_text, "stored": True, "delivered": delivered}))
         finally:
             if live:
                 hub.release()
@@ -409,7 +447,7 @@ class Cluster:
         if msg.ack and can_reply and later is not None:
             later.expect_answer()
             self._acks[seq] = later.late_answer
-        if self.link == "up":
+        if self.link == "up" and self.last_stream_id is not None:
             self._append(seq, args)
         else:
             self._spool.append((seq, args))

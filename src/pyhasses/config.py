@@ -14,7 +14,13 @@ from typing import Callable, Iterator, Tuple
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; the text names the file and line."""
+    """A config file that cannot be used; the text names the file and line.
+    ``status`` is the exit status the same mistake has on the command line
+    (an unknown switch is 1 in both places), 2 by default."""
+
+    def __init__(self, text: str, status: int = 2):
+        super().__init__(text)
+        self.status = status
 
 
 #: Switches that make no sense inside a file.
@@ -54,7 +60,7 @@ def load(path: str, parse: Callable[[list], dict], error: type) -> dict:
         try:
             values = parse(args)
         except error as exc:
-            raise ConfigError(f"{path}:{number}: {exc}") from None
+            raise ConfigError(f"{path}:{number}: {exc}", getattr(exc, "status", 2)) from None
         refused = _refused(values)
         if refused:
             raise ConfigError(f"{path}:{number}: {refused}")

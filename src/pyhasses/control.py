@@ -112,6 +112,39 @@ class Framer:
             out.append(part)
 
 
+class PipeReads:
+    """Whether a read from the FIFO ends what its writer wrote.
+
+    hasses took each read as a whole batch, and that keeps writers apart:
+    a write of up to PIPE_BUF (4 KB) reaches the pipe at once, so two
+    publishers that write one unterminated message each (PHP's
+    ``file_put_contents``) come in two reads.  A larger write may be handed
+    over in several reads, but only where the writer had to wait for room:
+    the pipe was full, so the read filled our buffer, or it ended on a page
+    boundary (the kernel fills a pipe page by page).  Such a read may be
+    continued: its unterminated tail waits for more (or the idle flush);
+    any other read ends the part.  What no reader can tell apart: writes
+    that land in the same instant with no terminator, and concurrent writes
+    above 4 KB; so publishers end each message with a line end."""
+
+    PAGE = 4096
+
+    def __init__(self, read_size: int):
+        self.read_size = read_size
+        self._run = 0  # bytes read since the last read that ended a part
+
+    def ends_part(self, nbytes: int) -> bool:
+        self._run += nbytes
+        if nbytes >= self.read_size or self._run % self.PAGE == 0:
+            return False
+        self._run = 0
+        return True
+
+    def reset(self) -> None:
+        """The held tail was taken as a whole part (idle flush)."""
+        self._run = 0
+
+
 # -- what a part says ------------------------------------------------------
 
 
@@ -146,10 +179,15 @@ SIMPLE_COMMANDS = {
 ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:")
 
 
-def interpret(part: bytes, max_token_length: int, max_message_bytes: int) -> Union[Command, Message, Invalid]:
+#: ``except`` ids one JSON message may carry, unless ``--max-except`` says.
+DEFAULT_MAX_EXCEPT = 256
+
+
+def interpret(part: bytes, max_token_length: int, max_message_bytes: int,
+              max_except: int = DEFAULT_MAX_EXCEPT) -> Union[Command, Message, Invalid]:
     text = part.decode("utf-8", "surrogateescape")
     if text.startswith("{"):
-        return _interpret_json(text, max_token_length, max_message_bytes)
+        return _interpret_json(text, max_token_length, max_message_bytes, max_except)
     token, eq, data = text.partition("=")
     if eq and not token.lstrip().startswith(ARG_COMMANDS):
         # TOKEN=MESSAGE, by far the most common part: no command has a '='
@@ -175,11 +213,17 @@ def _legacy_message(token: str, data: str, max_token_length: int, max_message_by
     return Message([target], data)
 
 
-def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) -> Union[Message, Invalid]:
+def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
+                    max_except: int) -> Union[Message, Invalid]:
     try:
         obj = json.loads(text)
     except ValueError as exc:
         return Invalid(f"not valid JSON: {exc}", is_json=True)
+    except RecursionError:
+        # Arrays or objects nested thousands deep (closed or not): the
+        # parser gives up at the interpreter's depth limit, and the
+        # publisher still gets its answer.  No valid message nests past 2.
+        return Invalid("not valid JSON: nested too deeply", is_json=True)
     if not isinstance(obj, dict):
         return Invalid("JSON message must be an object", is_json=True)
     ack = obj.get("ack") is True
@@ -212,6 +256,11 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int) ->
         excepts = [excepts]
     if not isinstance(excepts, list) or not all(isinstance(e, str) and e and _is_unicode(e) for e in excepts):
         return bad('"except" must be an id or a list of ids')
+    # Held with the event for resuming clients: bounded in number and size.
+    if len(excepts) > max_except:
+        return bad(f'"except" holds {len(excepts)} ids, more than {max_except} (--max-except)')
+    if any(len(e) > max_token_length for e in excepts):
+        return bad(f'an "except" id is longer than {max_token_length} characters')
     targets = []
     try:
         for t in to_list:
@@ -266,7 +315,8 @@ class ControlHandler:
         if isinstance(item, Oversize):
             self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
             return None
-        parsed = interpret(item, self.settings.max_token_length, self.settings.max_message_bytes)
+        parsed = interpret(item, self.settings.max_token_length, self.settings.max_message_bytes,
+                           self.settings.max_except)
         if isinstance(parsed, Command):
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
@@ -279,15 +329,15 @@ class ControlHandler:
         return None
 
     def _message(self, msg: Message, channel: str, can_reply: bool) -> Optional[bytes]:
-        event_id = self.ids.next()
+        event_id, key = self.ids.next_id()
         data = sse.encode_event(event_id, msg.data, msg.event, msg.retry)
         delivered = self.hub.publish(msg.targets, data)
-        self.history.record(event_id, msg.targets, data)
+        self.history.record(key, event_id, msg.targets, data)
         if self.log.debugging:
             to = ",".join(t.text() for t in msg.targets)
             self.log.debug(f"{channel}: message {event_id} to {to!r}: {delivered} recipient(s)")
         if msg.ack and can_reply:
-            return _json_line({"ok": True, "id": str(event_id), "delivered": delivered})
+            return _json_line({"ok": True, "id": event_id, "delivered": delivered})
         return None
 
     def _command(self, cmd: Command, channel: str, can_reply: bool) -> Optional[bytes]:

@@ -3,7 +3,7 @@
     pyhasses-ctl send room1 'hello'
     pyhasses-ctl send --event chat --ack room1 'line one
     line two'
-    pyhasses-ctl status | count [TOKEN] | clients
+    pyhasses-ctl status | metrics | count [TOKEN] | clients
     pyhasses-ctl --fifo /run/pyhasses/fifo send room1 hello
 
 Owns: the command line and what it prints; exit status 0 on success, 1 when
@@ -20,6 +20,7 @@ import sys
 from typing import Optional
 
 from . import __version__
+from .hub import RoutingError, parse_target
 from .publish import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, Control, DaemonError,
                       NotReachable, PublishError)
 
@@ -27,6 +28,7 @@ EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_REACHABLE = 3
+DEFAULT_MAX_TOKEN_LENGTH = 128  # the daemon's default --max-token-length
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
 
 LOG_ONLY = "a FIFO has no reply channel: the daemon writes the answer to its log"
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _channel_options(send)
 
     for name, text in (("status", "print the daemon's status and counters"),
+                       ("metrics", "print the counters and process figures in the Prometheus text format"),
                        ("clients", "list the connected clients"),
                        ("count", "print the number of clients, or of those subscribed to TOKEN")):
         sub = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
@@ -78,12 +81,17 @@ def _channel_options(parser: argparse.ArgumentParser, defaults: bool = False) ->
     def default(value):
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("--host", default=default(DEFAULT_HOST),
-                        help=f"control port address (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=default(DEFAULT_PORT),
-                        help=f"control port, the daemon's -cp (default {DEFAULT_PORT})")
-    parser.add_argument("--fifo", metavar="PATH", default=default(None),
-                        help="write to the daemon's FIFO (its -fifo) instead of the TCP port")
+    # The examples' variables, so one setting serves them and this tool.
+    parser.add_argument("--host", default=default(os.environ.get("PYHASSES_HOST") or DEFAULT_HOST),
+                        help=f"control port address (default $PYHASSES_HOST, else {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=default(os.environ.get("PYHASSES_PORT") or DEFAULT_PORT),
+                        help=f"control port, the daemon's -cp (default $PYHASSES_PORT, else {DEFAULT_PORT})")
+    parser.add_argument("--fifo", metavar="PATH", default=default(os.environ.get("PYHASSES_FIFO") or None),
+                        help="write to the daemon's FIFO (its -fifo) instead of the TCP port (default $PYHASSES_FIFO)")
+    parser.add_argument("--max-token-length", metavar="N", type=int,
+                        default=default(os.environ.get("PYHASSES_MAX_TOKEN_LENGTH") or DEFAULT_MAX_TOKEN_LENGTH),
+                        help="the daemon's --max-token-length: longer tokens and ids are refused here"
+                             f" (default $PYHASSES_MAX_TOKEN_LENGTH, else {DEFAULT_MAX_TOKEN_LENGTH})")
     parser.add_argument("--sep", metavar="C", default=default(";"),
                         help="the daemon's -sep delimiter (default ;)")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=default(DEFAULT_TIMEOUT),
@@ -120,6 +128,7 @@ def _fail(exc: Exception, status: int) -> int:
 
 
 def cmd_send(control: Control, args) -> int:
+    _check_lengths(args.token, args.except_ids, args.max_token_length)
     message = sys.stdin.read() if args.message == "-" else args.message
     if args.message == "-" and message.endswith("\n"):
         message = message[:-1]  # the line end that echo and here-documents add
@@ -136,6 +145,28 @@ def cmd_status(control: Control, args) -> int:
         return _to_log(control, "status")
     for key, value in control.status().items():
         print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _check_lengths(token: str, except_ids, limit: int) -> None:
+    """What the daemon would drop with only a log line (over the FIFO, or a
+    legacy part) is refused here, with the reason."""
+    try:
+        parse_target(token, limit)
+    except RoutingError as exc:
+        raise PublishError(f"bad token {token!r}: {exc} (the daemon would refuse it)") from None
+    for uniq in except_ids:
+        if len(uniq) > limit:
+            raise PublishError(f"excluded id longer than {limit} characters (the daemon would refuse it)")
+
+
+def cmd_metrics(control: Control, args) -> int:
+    if control.fifo:
+        raise PublishError("metrics replies only on the TCP control port")
+    text = control.exchange(b"tcpmetrics\n").decode("utf-8", "replace")
+    if not text.strip():
+        raise DaemonError(f"no reply to tcpmetrics from the {control.where}")
+    sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -196,7 +227,7 @@ def _note(text: str) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"send": cmd_send, "status": cmd_status, "count": cmd_count, "clients": cmd_clients}
+COMMANDS = {"send": cmd_send, "status": cmd_status, "metrics": cmd_metrics, "count": cmd_count, "clients": cmd_clients}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,16 +14,30 @@ from __future__ import annotations
 import os
 import pwd
 import select
+import signal
 import sys
 import time
 from typing import Optional
 
-from .service import StartError
+from .errors import StartError
 
 #: How long the command waits for the detached daemon to say it serves.
 #: Start-up takes well under a second; past this the command stops waiting
 #: and says where to look rather than hang a boot script.
 READY_TIMEOUT = 30.0
+#: Interrupted before the daemon said its pid: how long to wait for it, so
+#: that the daemon being started can still be told to stop.
+PID_WAIT = 2.0
+#: What the operator may stop the waiting command with.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """The operator stopped the command while it waited (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def drop_privileges(user: str) -> None:
@@ -45,22 +59,19 @@ def drop_privileges(user: str) -> None:
     os.environ["USER"] = os.environ["LOGNAME"] = user
 
 
-def give_to_user(path: str, user: str) -> None:
-    """A FIFO created as root for ``-user``: the user's, so that publishers
-    running as that user or in its group may write to it (hasses made it
-    0666 for everyone; the mode stays the operator's, default 0660)."""
-    entry = pwd.getpwnam(user)
-    try:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    except OSError as exc:
-        raise StartError(f"cannot give FIFO {path} to user {user}: {exc.strerror}") from None
-
-
 class StartReport:
     """The detached daemon's end of the pipe to the waiting command."""
 
     def __init__(self, fd: int):
         self.fd: Optional[int] = fd
+
+    def started(self) -> None:
+        """The detached daemon's pid, so that the command can stop it."""
+        if self.fd is not None:
+            try:
+                os.write(self.fd, b"pid %d\n" % os.getpid())
+            except OSError:
+                pass
 
     def ready(self) -> None:
         self._send("ready")
@@ -109,24 +120,30 @@ def detach(preserve, logfile: str):
     except Exception as exc:
         os.write(write_fd, f"error cannot enter daemon mode: {exc}\n".encode())
         os._exit(1)
-    return context, StartReport(write_fd)
+    report = StartReport(write_fd)
+    report.started()
+    return context, report
 
 
 def _wait_for_report(read_fd: int, child: int, logfile: str) -> int:
-    """The waiting command: read the daemon's one-line report."""
-    data = b""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([read_fd], [], [], remaining)[0]:
-            _say(f"pyhasses: the daemon has not reported serving after {READY_TIMEOUT:.0f} s; see {logfile}")
-            return 1
-        chunk = os.read(read_fd, 4096)
-        if not chunk:
-            break
-        data += chunk
+    """The waiting command: read the daemon's report ("pid N", then "ready"
+    or "error REASON").  Ctrl-C or SIGTERM here is obeyed at once: the
+    daemon being started is told to stop (SIGTERM, which it handles as
+    soon as it serves) and the command ends with status 1."""
+    lines = _ReportLines(read_fd)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the start (service.run)
+    try:
+        line = lines.final(time.monotonic() + READY_TIMEOUT)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the answer is in: finish saying it
+    except Interrupted as stop:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a second Ctrl-C must not cut this short
+        return _stop_starting_daemon(stop.signum, lines, logfile)
+    if line is None:
+        _say(f"pyhasses: the daemon has not reported serving after {READY_TIMEOUT:.0f} s; see {logfile}")
+        return 1
     _reap(child)
-    line = data.decode("utf-8", "replace").strip()
     if line == "ready":
         return 0
     if line.startswith("error "):
@@ -134,6 +151,71 @@ def _wait_for_report(read_fd: int, child: int, logfile: str) -> int:
     else:
         _say(f"pyhasses: the daemon ended during start; see {logfile}")
     return 1
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _stop_starting_daemon(signum: int, lines: "_ReportLines", logfile: str) -> int:
+    name = signal.Signals(signum).name
+    if lines.pid is None:
+        try:
+            lines.wait_pid(time.monotonic() + PID_WAIT)  # its pid comes right after detaching
+        except Interrupted:
+            pass
+    if lines.pid is None:
+        _say(f"pyhasses: start interrupted by {name}; the daemon did not say its pid, see {logfile}")
+        return 1
+    try:
+        os.kill(lines.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    _say(f"pyhasses: start interrupted by {name}; told the daemon (pid {lines.pid}) to stop")
+    return 1
+
+
+class _ReportLines:
+    """The lines the daemon writes to the start pipe; ``pid`` once said."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.pid = None
+        self._buf = b""
+        self._eof = False
+
+    def final(self, deadline: float):
+        """The line that ends the report ("ready", "error ...", or "" when
+        the daemon closed the pipe without one); None at the deadline."""
+        while True:
+            line = self._next(deadline)
+            if line is None or not self._is_pid(line):
+                return line
+
+    def wait_pid(self, deadline: float) -> None:
+        while self.pid is None:
+            line = self._next(deadline)
+            if line is None or (line != "" and not self._is_pid(line)) or (line == "" and self._eof):
+                return
+
+    def _is_pid(self, line: str) -> bool:
+        if line.startswith("pid ") and line[4:].isdigit():
+            self.pid = int(line[4:])
+            return True
+        return False
+
+    def _next(self, deadline: float):
+        while b"\n" not in self._buf:
+            if self._eof:
+                return ""
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self.fd, 4096)
+            self._eof = not chunk
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\n", 1)
+        return raw.decode("utf-8", "replace").strip()
 
 
 def _reap(child: int) -> None:

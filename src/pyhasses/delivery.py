@@ -14,20 +14,21 @@ and should reload its state.  Its data is one JSON object::
 
 ``oldest`` is the oldest event id the daemon still holds (``null`` when it
 holds none); ``reason`` is ``too-old`` (the client's Last-Event-ID is older
-than the history), ``unknown-id`` (an id this daemon never gave out) or
-``dropped`` (the client read too slowly, or what it missed did not fit its
-write queue, and its oldest events were dropped; ``dropped`` then says how
-many).
+than the history), ``unknown-id`` (not an id of this run of the daemon: one
+from before a restart, or not an id at all) or ``dropped`` (the client read
+too slowly, or what it missed did not fit its write queue, and its oldest
+events were dropped; ``dropped`` then says how many).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import random
 from typing import Callable, Optional
 
-from .history import History, Resume
+from .history import UNKNOWN, History, Resume
 from .sse import chunk, comment_chunk
 
 #: What an idle stream gets every heartbeat period.
@@ -39,7 +40,7 @@ RESET_ROOM = 160
 DRAIN_STEP = 0.05
 
 
-def reset_event(oldest: Optional[int], reason: str, dropped: int = 0, event_id: Optional[int] = None) -> bytes:
+def reset_event(oldest: Optional[str], reason: str, dropped: int = 0, event_id: Optional[str] = None) -> bytes:
     """The chunk of a ``reset`` event.  ``event_id`` moves the browser's
     last id forward (after an unknown id, so that its next reconnect asks
     from the newest id); otherwise the reset carries no id and the browser
@@ -70,40 +71,176 @@ def retry_after(base_ms: int, rng: random.Random = random) -> int:
     return rng.randint(base, 2 * base)
 
 
-def replay(client, last_id: str, history: History, hub, last_issued: int, now_id: int) -> Resume:
-    """Queue for ``client`` (subscribed a moment ago) what it missed since
-    ``last_id``: a reset first when the history cannot tell, then the held
-    events that would have reached it, oldest first.  Runs before any later
-    publish can queue a live event, so nothing is doubled or skipped.
-
-    A backlog larger than the client's write queue would get it closed as
-    too slow on every reconnect: then only the newest events that fit are
-    sent, after a ``dropped`` reset saying how many were left out."""
-    resume = history.since(last_id, last_issued, now_id)
-    if resume.needs_reset:
-        newest = last_issued if resume.kind != "too-old" else None
-        client.write(reset_event(resume.oldest, resume.kind, event_id=newest))
-        hub.counters.resets += 1
-    reaches = hub.reach(client)
-    missed = [held.data for held in resume.events if reaches(held.targets)]
-    skipped = _over_room(missed, client.outbox.limit - len(client.outbox) - 2 * RESET_ROOM)
-    if skipped and not resume.needs_reset:
-        client.write(reset_event(resume.oldest, "dropped", skipped))
-        hub.counters.resets += 1
-    for data in missed[skipped:]:
-        client.deliver(data)
-    hub.counters.replayed += len(missed) - skipped
-    return resume
+#: Held events looked at per loop pass, over every resuming client: a burst
+#: of resumes must not hold the loop (issue 15: 300 resumes over 10,000
+#: held events held every stream for 1.3 s when each was done at once).
+#: About a millisecond of work.
+REPLAY_BUDGET = 2048
 
 
-def _over_room(chunks: list, room: int) -> int:
-    """How many of the oldest ``chunks`` to leave out so the rest fit."""
-    total = sum(map(len, chunks))
-    skipped = 0
-    while skipped < len(chunks) and total > room:
-        total -= len(chunks[skipped])
-        skipped += 1
-    return skipped
+class Replay:
+    """One resuming stream's catch-up, done a slice per loop pass.
+
+    The held events after the client's id, up to the newest issued when it
+    came back (``upto``), are looked at in id order; those that reach it
+    are kept (at most the room of its write queue: the newest win), and go
+    out at once when the end is reached.  Live events published meanwhile
+    wait behind them (``hold``: the stream's ``deliver`` hands them here
+    while ``client.replay`` is this object), so nothing is doubled, skipped
+    or reordered across the switch.  Events the history lets go before the
+    replay reaches them are reported by a ``dropped`` reset."""
+
+    __slots__ = ("client", "hub", "history", "reaches", "cursor", "upto", "reset_sent", "missed",
+                 "missed_bytes", "skipped", "lost", "live", "live_bytes", "done")
+
+    def __init__(self, client, hub, history: History, after, upto, reset_sent: bool):
+        self.client = client
+        self.hub = hub
+        self.history = history
+        self.reaches = hub.reach(client)
+        self.cursor = after
+        self.upto = upto
+        self.reset_sent = reset_sent
+        self.missed: collections.deque = collections.deque()
+        self.missed_bytes = 0
+        self.skipped = 0          # reaching events left out for room
+        self.lost = False         # events let go by the history before we got there
+        self.live: list = []
+        self.live_bytes = 0
+        self.done = False
+
+    def _room(self) -> int:
+        client = self.client
+        return client.outbox.limit - len(client.outbox) - self.live_bytes - 2 * RESET_ROOM
+
+    def hold(self, data: bytes) -> None:
+        """A live event for the client while it catches up."""
+        self.live.append(data)
+        self.live_bytes += len(data)
+        if self.live_bytes + len(self.client.outbox) > self.client.outbox.limit:
+            # Live traffic outruns the catch-up: the rest of the backlog is
+            # given up (a reset says so) rather than the live events.
+            self.lost = True
+            self.finish()
+
+    def step(self, budget: int) -> int:
+        """Look at up to ``budget`` held events; returns how many."""
+        client, history = self.client, self.history
+        if self.done or client.replay is not self or client.closed or client.closing:
+            self.done = True
+            return 0
+        lost = history.lost_through
+        if lost is not None and lost > self.cursor:
+            self.lost = True
+            self.cursor = lost
+        events = history.events_after(self.cursor, self.upto, budget)
+        if events:
+            reaches, missed = self.reaches, self.missed
+            kept = 0
+            for held in events:
+                if reaches(held.targets):
+                    missed.append(held.data)
+                    kept += len(held.data)
+            self.missed_bytes += kept
+            self.cursor = events[-1].key
+            self._trim(self._room())
+        if len(events) < budget or self.cursor >= self.upto:
+            self.finish()
+        return len(events)
+
+    def _trim(self, room: int) -> None:
+        missed = self.missed
+        while missed and self.missed_bytes > room:
+            self.missed_bytes -= len(missed.popleft())
+            self.skipped += 1
+
+    def finish(self) -> None:
+        """Queue what was found, then the live events that waited."""
+        if self.done:
+            return
+        self.done = True
+        client, counters = self.client, self.hub.counters
+        client.replay = None
+        if client.closed:
+            return
+        self._trim(self._room())
+        if (self.skipped or self.lost) and not self.reset_sent:
+            client.write(reset_event(self.history.oldest, "dropped", self.skipped))
+            counters.resets += 1
+        for data in self.missed:
+            client.deliver(data)
+        counters.replayed += len(self.missed)
+        for data in self.live:
+            client.deliver(data)
+        self.missed.clear()
+        self.live = []
+
+    def stop(self) -> None:
+        """The stream was re-initialised: the backlog no longer applies;
+        live events that waited still go out, in order."""
+        self.done = True
+        self.client.replay = None
+        for data in self.live:
+            self.client.deliver(data)
+        self.live = []
+
+
+class Replayer:
+    """Every resume of the daemon: the reset a resume needs, at once, and
+    the catch-ups, ``REPLAY_BUDGET`` held events per loop pass over all of
+    them, first come first served."""
+
+    def __init__(self, reactor, history: History, hub, ids):
+        self.reactor = reactor
+        self.history = history
+        self.hub = hub
+        self.ids = ids          # sse.EventIds, or a cluster's equivalent
+        self._active: collections.deque = collections.deque()
+        self._scheduled = False
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def start(self, client, last_id: str) -> Resume:
+        """``client`` subscribed a moment ago with ``last_id`` (the text of
+        its Last-Event-ID): a reset first when the history cannot tell, then
+        the held events that would have reached it, oldest first, then live
+        ones."""
+        ids, history = self.ids, self.history
+        last_key = ids.last_key
+        resume = history.since(ids.key_of(last_id), last_key)
+        if resume.needs_reset:
+            # After an id of another run, the browser's next reconnect asks
+            # from the newest id of this one.
+            newest = ids.last_text if resume.kind == UNKNOWN else None
+            client.write(reset_event(resume.oldest, resume.kind, event_id=newest))
+            self.hub.counters.resets += 1
+        if resume.after is None or not len(history):
+            return resume
+        replay = Replay(client, self.hub, history, resume.after, last_key, resume.needs_reset)
+        client.replay = replay
+        self._active.append(replay)
+        if not self._scheduled:
+            self._scheduled = True
+            self.reactor.call_soon(self._run)  # this pass: a short backlog costs no wait
+        return resume
+
+    def _run(self) -> None:
+        budget = REPLAY_BUDGET
+        active = self._active
+        while active and budget > 0:
+            replay = active[0]
+            try:
+                budget -= replay.step(budget)
+            except Exception as exc:
+                replay.done = True
+                self.reactor.fail(replay.client, exc)
+            if replay.done:
+                active.popleft()
+        if active:
+            self.reactor.call_later(0, self._run)  # the next pass, after its events
+        else:
+            self._scheduled = False
 
 
 class Heartbeat:
@@ -125,13 +262,16 @@ class Heartbeat:
     def _sweep(self) -> None:
         self.reactor.call_later(self.interval, self._sweep)
         for client in list(self.hub.streams):
-            if client.messages != client.heartbeat_mark:
-                client.heartbeat_mark = client.messages
-            elif not client.queued_bytes() and not client.closing:
-                # Sent at once rather than queued for the end of the pass:
-                # ten thousand queued flushes would raise the memory peak.
-                client.outbox.append(HEARTBEAT)
-                client.flush()
+            try:
+                if client.messages != client.heartbeat_mark:
+                    client.heartbeat_mark = client.messages
+                elif not client.queued_bytes() and not client.closing:
+                    # Sent at once rather than queued for the end of the pass:
+                    # ten thousand queued flushes would raise the memory peak.
+                    client.outbox.append(HEARTBEAT)
+                    client.flush()
+            except Exception as exc:  # that stream's fault: the sweep goes on
+                self.reactor.fail(client, exc)
 
 
 class Drain:
@@ -159,8 +299,10 @@ class Drain:
                 self.reactor.call_later(step * gap, self._end, batch)
         self.reactor.call_later(self.period, self.done)
 
-    @staticmethod
-    def _end(batch) -> None:
+    def _end(self, batch) -> None:
         for client in batch:
             if not client.closed and not client.closing:
-                client.end_stream()
+                try:
+                    client.end_stream()
+                except Exception as exc:  # that stream's fault: the drain goes on
+                    self.reactor.fail(client, exc)

@@ -1,57 +1,84 @@
 """The bounded history of published events, for clients that resume.
 
-Owns: the recent events (their id, where they were addressed and the exact
-chunk bytes that went out), the three limits on them (count, bytes, age),
-and the answer to "what did a client that last saw id X miss?".  Must not
-touch: sockets, the hub's index, timers.  The caller decides who an event
-reaches (``Hub.reaches``) and writes the bytes.
+Owns: the recent events (their id key and text, where they were addressed
+and the exact chunk bytes that went out), the three limits on them (count,
+bytes, age), which ids were let go, and the answer to "where does a client
+that last saw id X start again?".  Must not touch: sockets, the hub's
+index, timers, the form of ids (``sse.EventIds`` turns an id's text into a
+comparable key; the history only compares keys).  The caller decides who an
+event reaches (``Hub.reach``) and writes the bytes.
 
-Memory: the held bytes are counted as the chunk's length plus a fixed
-``ENTRY_OVERHEAD`` per event (the Python objects around it), and the oldest
-events leave as soon as a new one would pass a limit, so the total never
-goes past ``max_bytes`` whatever is published.
+Memory: everything a held event keeps counts against ``max_bytes``: its
+chunk, its id text, its targets with their exclusion ids, and a fixed
+``ENTRY_OVERHEAD`` for the Python objects around them (measured with
+tracemalloc).  The oldest events leave as soon as a new one would pass a
+limit, so the total never goes past ``max_bytes`` whatever is published.
+
+Lookups never scan: the keys are kept in a list in id order, so a resume
+finds its place by bisection and reads the events after it a slice at a
+time (``events_after``).
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import sys
 import time
 from typing import Callable, List, Optional
 
-#: Bytes counted per held event on top of its chunk: the entry object, its
-#: slot in the list and the bytes object's header.
+#: Bytes counted per held event on top of what it holds: the entry object,
+#: its slots in the lists and the bytes object's header.
 ENTRY_OVERHEAD = 160
+#: Per target: the Target object, its attribute dict and its token string.
+TARGET_OVERHEAD = 330
+#: Per exclusion id: the string object's header (its characters are added).
+ID_OVERHEAD = 49
+
+
+def held_size(id_text: str, targets, data: bytes) -> int:
+    """What holding this event costs, as counted against ``max_bytes``."""
+    size = ENTRY_OVERHEAD + len(data) + len(id_text)
+    for target in targets:
+        size += TARGET_OVERHEAD + len(target.token)
+        excepts = target.except_ids
+        if excepts:
+            size += sys.getsizeof(excepts) + len(excepts) * ID_OVERHEAD + sum(map(len, excepts))
+    return size
 
 
 class HeldEvent:
-    """One published event: ``targets`` as published (hub.Target list) and
-    ``data`` the chunk bytes that were sent, to be sent again unchanged."""
+    """One published event: ``key`` its comparable id, ``event_id`` the id's
+    text, ``targets`` as published (hub.Target list) and ``data`` the chunk
+    bytes that were sent, to be sent again unchanged."""
 
-    __slots__ = ("event_id", "targets", "data", "at")
+    __slots__ = ("key", "event_id", "targets", "data", "at", "size")
 
-    def __init__(self, event_id: int, targets, data: bytes, at: float):
+    def __init__(self, key, event_id: str, targets, data: bytes, at: float, size: int):
+        self.key = key
         self.event_id = event_id
         self.targets = targets
         self.data = data
         self.at = at
+        self.size = size
 
 
 #: Resume outcomes.
-REPLAY = "replay"        # the id is held: the events after it follow
-TOO_OLD = "too-old"      # older than the oldest held: reset, then every held event newer
-UNKNOWN = "unknown-id"   # not an id we gave out: reset, then live events only
+REPLAY = "replay"        # every event after the id is held: they follow
+TOO_OLD = "too-old"      # events after the id were let go: reset, then every held event
+UNKNOWN = "unknown-id"   # not an id of this run: reset, then live events only
 
 
 @dataclasses.dataclass
 class Resume:
-    """What a reconnecting client gets: ``kind`` says whether a reset comes
-    first; ``events`` are the held events after its id, oldest first;
-    ``oldest`` is the oldest id still held (None when nothing is)."""
+    """Where a reconnecting client starts: ``kind`` says whether a reset
+    comes first; the events to replay are those with a key above ``after``
+    (None: nothing to replay); ``oldest`` is the text of the oldest id still
+    held (None when nothing is)."""
 
     kind: str
-    events: List[HeldEvent]
-    oldest: Optional[int]
+    after: object
+    oldest: Optional[str]
 
     @property
     def needs_reset(self) -> bool:
@@ -69,9 +96,12 @@ class History:
         self.max_age = max_age
         self._clock = clock
         self._events: list = []   # HeldEvent, oldest first, from _head on
-        self._ids: list = []      # their ids, for bisect
+        self._keys: list = []     # their keys, for bisect
         self._head = 0
         self._bytes = 0
+        #: The newest key that was let go (evicted, or never held): a client
+        #: that last saw an older one missed it.  None: nothing let go yet.
+        self.lost_through = None
 
     def __len__(self) -> int:
         return len(self._events) - self._head
@@ -82,21 +112,28 @@ class History:
         return self._bytes
 
     @property
-    def oldest(self) -> Optional[int]:
-        return self._ids[self._head] if len(self) else None
+    def oldest(self) -> Optional[str]:
+        """The oldest held id's text."""
+        return self._events[self._head].event_id if len(self) else None
 
     @property
-    def newest(self) -> Optional[int]:
-        return self._ids[-1] if len(self) else None
+    def oldest_key(self):
+        return self._keys[self._head] if len(self) else None
 
-    def record(self, event_id: int, targets, data: bytes) -> None:
-        """Hold a just-published event (ids only ever increase)."""
+    @property
+    def newest_key(self):
+        return self._keys[-1] if len(self) else None
+
+    def record(self, key, event_id: str, targets, data: bytes) -> None:
+        """Hold a just-published event (keys only ever increase)."""
         if self.max_count <= 0:
+            self.lost_through = key
             return
         now = self._clock()
-        size = len(data) + ENTRY_OVERHEAD
+        size = held_size(event_id, targets, data)
         if size > self.max_bytes:
             self._evict(len(self))  # it can never be held; what was held is older anyway
+            self.lost_through = key
             return
         self._expire_before(now - self.max_age)
         overflow = len(self) + 1 - self.max_count
@@ -104,9 +141,16 @@ class History:
             self._evict(overflow)
         while len(self) and self._bytes + size > self.max_bytes:
             self._evict(1)
-        self._events.append(HeldEvent(event_id, targets, data, now))
-        self._ids.append(event_id)
+        self._events.append(HeldEvent(key, event_id, targets, data, now, size))
+        self._keys.append(key)
         self._bytes += size
+
+    def missing_before(self, key) -> None:
+        """Events with a key below ``key`` may exist that were never held (a
+        cluster node filled from a stream longer than the history): a
+        client that last saw one of them gets a reset."""
+        if self.lost_through is None or self.lost_through < key - 1:
+            self.lost_through = key - 1
 
     def clear(self) -> None:
         """Let go of every event (a cluster's Redis lost its data)."""
@@ -124,25 +168,28 @@ class History:
         if end > head:
             self._evict(end - head)
 
-    def since(self, last_id: Optional[str], last_issued: int, now_id: int) -> Resume:
-        """What a client whose last event was ``last_id`` (the text of its
-        Last-Event-ID) missed.  ``last_issued`` is the newest id this daemon
-        gave out, held or not; ``now_id`` the id the clock gives now (ids
-        are time-based, so an id from before a restart is below it, and one
-        above it was never ours)."""
+    def since(self, key, last_issued) -> Resume:
+        """Where a client whose last event had ``key`` starts again (None:
+        its Last-Event-ID is not an id of this run).  ``last_issued`` is
+        the newest key handed out, held or not."""
         self.expire()
         oldest = self.oldest
-        wanted = int(last_id) if last_id and last_id.isascii() and last_id.isdigit() else -1
-        if wanted <= 0 or wanted > max(last_issued, now_id):
-            return Resume(UNKNOWN, [], oldest)
-        if wanted == last_issued:
-            return Resume(REPLAY, [], oldest)  # saw the newest: nothing missed
-        if oldest is None or wanted < oldest:
-            return Resume(TOO_OLD, self._events[self._head:], oldest)
-        at = bisect.bisect_left(self._ids, wanted, self._head)
-        if at == len(self._ids) or self._ids[at] != wanted:
-            return Resume(UNKNOWN, [], oldest)  # in range but never one of ours
-        return Resume(REPLAY, self._events[at + 1:], oldest)
+        if key is None or key > last_issued:
+            return Resume(UNKNOWN, None, oldest)
+        if key == last_issued:
+            return Resume(REPLAY, None, oldest)  # saw the newest: nothing missed
+        lost = self.lost_through
+        if lost is not None and key < lost:
+            return Resume(TOO_OLD, lost, oldest)  # from the oldest held on
+        return Resume(REPLAY, key, oldest)
+
+    def events_after(self, key, upto, limit: int) -> List[HeldEvent]:
+        """At most ``limit`` held events with ``key < their key <= upto``,
+        oldest first; found by bisection."""
+        keys = self._keys
+        start = bisect.bisect_right(keys, key, self._head)
+        end = min(bisect.bisect_right(keys, upto, start), start + limit)
+        return self._events[start:end]
 
     def _evict(self, n: int) -> None:
         # A full history lets go of one event per event published: keep
@@ -154,16 +201,17 @@ class History:
         end = head + n
         freed = 0
         while head < end:
-            freed += len(events[head].data)
+            freed += events[head].size
             events[head] = None
             head += 1
-        self._bytes -= freed + n * ENTRY_OVERHEAD
+        self.lost_through = self._keys[head - 1]
+        self._bytes -= freed
         if head == len(events):
             events.clear()
-            self._ids.clear()
+            self._keys.clear()
             head = 0
         elif head > 1024 and head * 2 > len(events):
             del events[:head]
-            del self._ids[:head]
+            del self._keys[:head]
             head = 0
         self._head = head

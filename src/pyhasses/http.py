@@ -22,6 +22,12 @@ import httptools
 SERVER = b"Server: AsyncSSEServer (Hyper)\r\n"
 ALLOW_HEADERS = b"Access-Control-Allow-Headers: cache-control, last-event-id, X-Requested-With\r\n"
 
+
+def cors_lines(cors: bytes) -> bytes:
+    """The CORS block every answer that allows a browser carries."""
+    return b"".join((b"Access-Control-Allow-Origin: ", cors, b"\r\n",
+                     b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS))
+
 _BODIES = {
     400: b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Bad Request</body></html>',
     404: b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><body>Not Found</body></html>',
@@ -38,7 +44,7 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 #: RFC 9110 5.6.2: a method is a token, case-sensitive ("get" is a method
 #: we do not implement, not junk).
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_LINE = _TOKEN + rb" [!-~]+ HTTP/[0-9](?:\.[0-9])?"
+_LINE = _TOKEN + rb" [!-~]+ HTTP/([0-9](?:\.[0-9])?)"
 _REQUEST_LINE = re.compile(_LINE + rb"\Z")
 #: A whole head as RFC 9112 has it: request line, header fields (no space
 #: before the colon, no control characters, no obsolete line folding).
@@ -49,6 +55,9 @@ _HEAD = re.compile(_LINE + rb"\r\n(?:" + _TOKEN + rb":[\t -~\x80-\xff]*\r\n)*\r\
 _REQUEST_LINE_START = re.compile(rb"(?:" + _TOKEN + rb"(?: [!-~]*(?: (?:H(?:T(?:T(?:P(?:/[0-9.]*)?)?)?)?)?)?)?)?\r?\Z")
 
 KNOWN_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+#: HTTP versions a request line may name (RFC 9110 2.5; what llhttp reads).
+#: Others are a well-formed request we do not serve: 501.
+READABLE_VERSIONS = (b"0.9", b"1.0", b"1.1", b"2.0")
 
 
 _date_line = [0, b""]  # [second, header line]: formatted once a second
@@ -83,8 +92,7 @@ def handshake(cors: bytes) -> bytes:
 def _handshake(cors: bytes, date: bytes) -> bytes:
     return b"".join((
         b"HTTP/1.1 200 OK\r\n", date, SERVER,
-        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
-        b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        cors_lines(cors),
         b"Cache-Control: no-cache\r\n",
         b"Keep-Alive: timeout=300, max=100\r\n",
         b"Connection: Keep-Alive\r\n",
@@ -97,15 +105,9 @@ def _handshake(cors: bytes, date: bytes) -> bytes:
 
 def error(status: int, cors: bytes) -> bytes:
     body = _BODIES[status]
-    cors_lines = b""
-    if status == 501:
-        cors_lines = b"".join((
-            b"Allow: GET, HEAD\r\n",
-            b"Access-Control-Allow-Origin: ", cors, b"\r\n",
-            b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
-        ))
+    allow = b"Allow: GET, HEAD\r\n" + cors_lines(cors) if status == 501 else b""
     return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), http_date(), SERVER, cors_lines,
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), http_date(), SERVER, allow,
         b"Content-Length: %d\r\n" % len(body),
         b"Connection: close\r\n",
         b"Content-Type: text/html; charset=utf8\r\n\r\n",
@@ -126,15 +128,21 @@ def unavailable(retry_after: int) -> bytes:
     ))
 
 
-def metrics_answer(body: bytes) -> bytes:
-    """``GET /metrics`` on the metrics port: the Prometheus text format."""
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+METRICS_STATUS = {200: b"HTTP/1.1 200 OK\r\n", 503: b"HTTP/1.1 503 Service Unavailable\r\n"}
+
+
+def metrics_answer(body: bytes, status: int = 200, content_type: bytes = PROMETHEUS_TEXT,
+                   head_only: bool = False) -> bytes:
+    """An answer on the metrics port (the Prometheus text by default);
+    HEAD gets the same head without the body."""
     return b"".join((
-        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
-        b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+        METRICS_STATUS[status], http_date(), SERVER,
+        b"Content-Type: ", content_type, b"\r\n",
         b"Cache-Control: no-cache\r\n",
         b"Content-Length: %d\r\n" % len(body),
         b"Connection: close\r\n\r\n",
-        body,
+        b"" if head_only else body,
     ))
 
 
@@ -143,8 +151,7 @@ def head_answer(cors: bytes) -> bytes:
         b"HTTP/1.1 200 OK\r\n", http_date(),
         b"Accept: text/*\r\n", SERVER,
         b"Cache-control: no-cache\r\n",
-        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
-        b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        cors_lines(cors),
         b"Allow: GET, HEAD, OPTIONS\r\n",
         b"Keep-Alive: timeout=300, max=100\r\n",
         b"Content-Type: text/event-stream\r\n",
@@ -157,8 +164,7 @@ def options_answer(cors: bytes) -> bytes:
         b"HTTP/1.1 200 OK\r\n", http_date(),
         b"Accept: text/*\r\n", SERVER,
         b"Cache-control: no-cache\r\n",
-        b"Access-Control-Allow-Origin: ", cors, b"\r\n",
-        b"Access-Control-Allow-Methods: GET\r\n", ALLOW_HEADERS,
+        cors_lines(cors),
         b"Allow: GET, HEAD, OPTIONS\r\n",
         b"Accept-Encoding:\r\n",
         b"Keep-Alive: timeout=300, max=100\r\n",
@@ -291,42 +297,40 @@ class RequestReader:
 
 
 def parse_head(head: bytes):
-    """One complete head (ending in an empty line) to RequestHead or BadHead."""
+    """One complete head (ending in an empty line) to RequestHead or BadHead.
+
+    The one authority on a head, in this order: the request line's grammar
+    (400), its version (501), then httptools reads the fields (an unknown
+    method is 501 as hasses answers; any other refusal is a bad field,
+    400), and the whole head must be RFC 9112's grammar (400): httptools
+    releases differ there (Debian 12's takes "Connection : keep-alive")."""
     head = head.lstrip(b"\r\n")
     # Hand-typed requests end lines with LF alone; hasses takes them, and so
     # do we, on every httptools release.
     if head.count(b"\n") != head.count(b"\r\n"):
         head = _BARE_LF.sub(b"\r\n", head)
+    line = head[:head.find(b"\r\n")]
+    request_line = _REQUEST_LINE.match(line)
+    if request_line is None:
+        return BadHead(400, f"malformed request line: {line[:80]!r}")
+    if request_line.group(1) not in READABLE_VERSIONS:
+        return BadHead(501, f"unsupported request line: {line[:80]!r}")
     collector = _Collector()
     parser = httptools.HttpRequestParser(collector)
     try:
         parser.feed_data(head)
     except httptools.HttpParserUpgrade:
         pass  # "Connection: keep-alive, Upgrade": the head itself is complete
+    except httptools.HttpParserInvalidMethodError:
+        return BadHead(501, f"unsupported request line: {line[:80]!r}")
     except httptools.HttpParserError as exc:
-        return _classify_error(head, exc)
+        return BadHead(400, f"malformed header field: {exc}")
     if not collector.done:
         return BadHead(400, "incomplete request head")
     if not _HEAD.match(head):
         return BadHead(400, "malformed request head")
     return RequestHead(parser.get_method(), collector.target, parser.get_http_version(),
                        collector.headers, collector.fields)
-
-
-def _classify_error(head: bytes, exc: Exception) -> BadHead:
-    """A well-formed request line with a method or version we do not serve
-    gets 501, as hasses answers; a bad request line or a bad header field
-    (RFC 9112 5.1: space before the colon, for one) is a bad request."""
-    line = head.split(b"\r\n", 1)[0]
-    if not _REQUEST_LINE.match(line):
-        return BadHead(400, f"malformed request line: {exc}")
-    try:
-        httptools.HttpRequestParser(_Collector()).feed_data(line + b"\r\n\r\n")
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError:
-        return BadHead(501, f"unsupported request line: {line[:80]!r}")
-    return BadHead(400, f"malformed header field: {exc}")
 
 
 # -- deciding what a head asks for -------------------------------------------
@@ -351,6 +355,15 @@ class FixedAnswer:
     status: int  # 200 for HEAD and OPTIONS
     kind: str    # "head", "options" or "error"
     reason: str
+
+
+def fixed_answer(answer: FixedAnswer, cors: bytes) -> bytes:
+    """The bytes of a ``FixedAnswer``."""
+    if answer.kind == "head":
+        return head_answer(cors)
+    if answer.kind == "options":
+        return options_answer(cors)
+    return error(answer.status, cors)
 
 
 def origin_form(target: bytes) -> bytes:
@@ -380,6 +393,12 @@ def decide(head: RequestHead, match_url: str, max_token_length: int):
         return FixedAnswer(404, "error", f"unknown URL {head.target[:200].decode('latin-1')!r}")
     if head.version != "1.1":
         return FixedAnswer(501, "error", f"protocol HTTP/{head.version} not supported")
+    if has_body(head):
+        # A stream request carries no body.  Reading one as "bytes sent
+        # after the handshake" would let a body hold a second request that
+        # -ra obeys: a proxy that checks only the outer URL would let a
+        # client subscribe to any token (issue 15 point 4).
+        return FixedAnswer(400, "error", "a stream request with a body")
     if method == b"HEAD":
         return FixedAnswer(200, "head", "HEAD request")
     if method == b"OPTIONS":
@@ -396,6 +415,15 @@ def decide(head: RequestHead, match_url: str, max_token_length: int):
     agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
     return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head,
                          last_event_id=last_event_id(head, params))
+
+
+def has_body(head: RequestHead) -> bool:
+    """RFC 9112 6.3: any Transfer-Encoding, or a Content-Length above 0
+    (parse_head already refused a malformed or repeated one)."""
+    if head.header(b"transfer-encoding") is not None:
+        return True
+    length = head.header(b"content-length")
+    return length is not None and length.strip().lstrip(b"0") != b""
 
 
 def last_event_id(head: RequestHead, params: dict) -> Optional[str]:

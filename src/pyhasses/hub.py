@@ -53,6 +53,9 @@ def parse_target(text: str, max_token_length: int) -> Target:
         text, except_id = text[:dash], text[dash + 1:]
         if not except_id:
             raise RoutingError("empty id after '-'")
+        if len(except_id) > max_token_length:
+            # Held with the event (and in this cache): as bounded as a token.
+            raise RoutingError(f"id after '-' longer than {max_token_length} characters")
     if not text:
         raise RoutingError("empty token")
     if len(text) > max_token_length:
@@ -101,6 +104,56 @@ class Counters:
     resets: int = 0         # reset events sent
 
 
+_NOBODY = ()
+
+
+class TokenIndex:
+    """token -> its subscribers.  A token's one subscriber is held as itself,
+    two or more as ``{client: None}``: a dict of one costs ~220 bytes, and
+    most tokens (a user's own) have one subscriber (issue 6: memory per idle
+    stream).  That choice is known here and nowhere else."""
+
+    __slots__ = ("_by_token",)
+
+    def __init__(self):
+        self._by_token: dict = {}
+
+    def add(self, token: str, client) -> None:
+        by_token = self._by_token
+        members = by_token.get(token)
+        if members is None:
+            by_token[token] = client
+        elif type(members) is dict:
+            members[client] = None
+        else:
+            by_token[token] = {members: None, client: None}
+
+    def discard(self, token: str, client) -> None:
+        by_token = self._by_token
+        members = by_token.get(token)
+        if members is client:
+            del by_token[token]
+        elif type(members) is dict:
+            members.pop(client, None)
+            if len(members) == 1:
+                by_token[token] = next(iter(members))
+
+    def __contains__(self, token: str) -> bool:
+        """Has ``token`` a subscriber?  (A token without one is not kept.)"""
+        return token in self._by_token
+
+    def members(self, token: str):
+        """The subscribers of ``token``: a tuple of one, a dict of several
+        (iterate it, take its ``len``; do not change it), or ``()``."""
+        members = self._by_token.get(token, _NOBODY)
+        return members if type(members) is dict or members is _NOBODY else (members,)
+
+    def items(self):
+        """``(token, members)`` for every token, members as ``members`` gives them."""
+        for token, members in self._by_token.items():
+            yield token, members if type(members) is dict else (members,)
+
+
 class Hub:
     def __init__(self):
         # Membership is kept in dicts used as ordered sets ({client: None}):
@@ -108,10 +161,7 @@ class Hub:
         # (5,000 members), a dict ~30: memory per idle stream (issue 6).
         self.clients: dict = {}        # every open SSE connection
         self.streams: dict = {}        # established ones
-        # token -> its one subscriber, or {client: None} for two or more: a
-        # dict of one costs ~220 bytes, and most tokens (a user's own) have
-        # one subscriber (issue 6: memory per idle stream).
-        self._by_token: dict = {}
+        self._by_token = TokenIndex()
         self._everything: dict = {}    # clients that subscribed to "*"
         self.counters = Counters()
         self._held = None              # while holding: [(targets, recipients, [data, ...]), ...]
@@ -133,15 +183,8 @@ class Hub:
         client.everything = "*" in tokens
         client.tokens = tuple(t for t in tokens if t != "*")
         client.uniq_id = uniq_id
-        by_token = self._by_token
         for token in client.tokens:
-            members = by_token.get(token)
-            if members is None:
-                by_token[token] = client
-            elif type(members) is dict:
-                members[client] = None
-            else:
-                by_token[token] = {members: None, client: None}
+            self._by_token.add(token, client)
         if client.everything:
             self._everything[client] = None
         client.established = True
@@ -151,15 +194,8 @@ class Hub:
     def unsubscribe(self, client) -> None:
         if not client.established:
             return
-        by_token = self._by_token
         for token in client.tokens:
-            members = by_token.get(token)
-            if members is client:
-                del by_token[token]
-            elif type(members) is dict:
-                members.pop(client, None)
-                if len(members) == 1:
-                    by_token[token] = next(iter(members))
+            self._by_token.discard(token, client)
         self._everything.pop(client, None)
         self.streams.pop(client, None)
         client.established = False
@@ -175,19 +211,16 @@ class Hub:
             found = set(self._everything)
             for token, members in self._by_token.items():
                 if token.startswith(target.token):
-                    if type(members) is dict:
-                        found.update(members)
-                    else:
-                        found.add(members)
+                    found.update(members)
         else:
-            members = self._by_token.get(target.token)
+            members = self._by_token.members(target.token)
             everything = self._everything
-            if members is None:
-                found = everything
-            elif type(members) is not dict:  # its one subscriber, held as itself
-                found = {members: None, **everything} if everything else (members,)
+            if not everything:
+                found = members
+            elif type(members) is dict:
+                found = members | everything
             else:
-                found = members | everything if everything else members
+                found = {**dict.fromkeys(members), **everything}
         if target.except_ids:
             skip = target.except_ids
             return [c for c in found if c.uniq_id not in skip]
@@ -264,10 +297,7 @@ class Hub:
         """Clients holding exactly this subscription."""
         if token == "*":
             return len(self._everything)
-        members = self._by_token.get(token)
-        if members is None:
-            return 0
-        return len(members) if type(members) is dict else 1
+        return len(self._by_token.members(token))
 
 
 def _deliver(found, data: bytes, events: int) -> None:

@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import sys
 import time
+from typing import Optional
 
 from .hub import subscriptions
 
@@ -38,17 +39,24 @@ class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
         if st is None or (st.st_dev, st.st_ino) != (self.dev, self.ino):
             self.reopen()
 
-    def reopen(self) -> None:
+    def reopen(self, note: bool = True) -> Optional[str]:
+        """Returns None, or why the file could not be reopened (written to
+        the old file too when ``note``; once per reason either way)."""
         try:
             stream = self._open()
         except OSError as exc:
-            self._note_failure(f"cannot reopen log file {self.baseFilename}: {exc.strerror}; still writing here")
-            return
+            reason = f"cannot reopen log file {self.baseFilename}: {exc.strerror}; still writing to the old file"
+            if note:
+                self._note_failure(reason)
+            else:
+                self._failure = reason  # the caller says it; the next log line must not again
+            return reason
         old, self.stream = self.stream, stream
         self._statstream()
         self._failure = ""
         if old is not None:
             old.close()
+        return None
 
     def _note_failure(self, text: str) -> None:
         if text == self._failure or self.stream is None:
@@ -60,6 +68,10 @@ class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+class ReopenFailed(Exception):
+    """The log file could not be reopened; the text says why."""
 
 
 class OneLineFormatter(logging.Formatter):
@@ -113,15 +125,20 @@ class Log:
 
     def reopen(self) -> bool:
         """After logrotate moved the file: write to a new one at the same
-        path.  False when logging to stdout (nothing to reopen)."""
+        path.  False when logging to stdout (nothing to reopen); raises
+        ReopenFailed when the file cannot be opened (after the drop to
+        ``-user``, in a directory only root may write), and lines then go
+        on to the old file."""
         handler = self._handler
         if not isinstance(handler, ReopeningFileHandler):
             return False
         handler.acquire()
         try:
-            handler.reopen()
+            failure = handler.reopen(note=False)
         finally:
             handler.release()
+        if failure:
+            raise ReopenFailed(failure)
         return True
 
     def stream_fileno(self):

@@ -1,12 +1,23 @@
-"""The counters in the Prometheus text exposition format (version 0.0.4).
+"""The counters in the Prometheus text exposition format (version 0.0.4),
+the process figures, and what the metrics port answers.
 
-Owns: metric names, their help texts and types, and the text itself.  Must
-not touch: sockets, the hub.  ``render`` takes the status dictionary the
-service builds for ``tcpstatus`` (with its ``extra`` part) and returns the
-text ``tcpmetrics`` replies and ``GET /metrics`` serves.
+Owns: metric names, their help texts and types, and the text itself; the
+process figures Prometheus users expect (``process_*``, read from /proc);
+the routing of a request on the metrics port (``answer``: a parsed request
+in, the bytes of the reply out).  Must not touch: sockets, the hub.
+``render`` takes the status dictionary the service builds for ``tcpstatus``
+(with its ``extra`` part) and returns the text ``tcpmetrics`` replies and
+``GET /metrics`` serves.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import resource
+from typing import Callable, Optional, Tuple
+
+from . import http
 
 #: (metric name, type, key in the status info, help text)
 METRICS = (
@@ -38,9 +49,48 @@ METRICS = (
 )
 
 
-def render(info: dict) -> str:
+#: The client libraries' standard process metrics (name, type, help text).
+PROCESS_METRICS = (
+    ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
+    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    ("process_open_fds", "gauge", "Number of open file descriptors."),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+    ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+)
+
+
+def process_figures() -> dict:
+    """This process's figures, by metric name; those /proc cannot give are left out."""
+    times = os.times()
+    figures = {"process_cpu_seconds_total": times.user + times.system,
+               "process_max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+    try:
+        figures["process_open_fds"] = len(os.listdir("/proc/self/fd"))
+        with open("/proc/self/statm") as f:
+            size, resident = (int(v) for v in f.read().split()[:2])
+        page = os.sysconf("SC_PAGE_SIZE")
+        figures["process_virtual_memory_bytes"] = size * page
+        figures["process_resident_memory_bytes"] = resident * page
+        figures["process_start_time_seconds"] = _start_time()
+    except (OSError, ValueError, IndexError):
+        pass
+    return figures
+
+
+def _start_time() -> float:
+    """Boot time plus the process's start in clock ticks (field 22 of
+    /proc/self/stat, counted after the command name, which may hold spaces)."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def render(info: dict, process: Optional[dict] = None) -> str:
     """One ``# HELP``, one ``# TYPE`` and one sample per metric, then the
-    version as an info metric."""
+    version as an info metric, then the process figures (if given)."""
     values = dict(info)
     values.update(info.get("extra", {}))
     lines = []
@@ -51,7 +101,41 @@ def render(info: dict) -> str:
     version = str(values.get("version", "")).replace("\\", "\\\\").replace('"', '\\"')
     lines += ["# HELP pyhasses_info The running version.", "# TYPE pyhasses_info gauge",
               f'pyhasses_info{{version="{version}"}} 1']
+    for name, kind, text in PROCESS_METRICS:
+        if process and name in process:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {_number(process[name])}"]
     return "\n".join(lines) + "\n"
+
+
+# -- the metrics port ---------------------------------------------------------------
+METRICS_PATH = b"/metrics"
+HEALTH_PATH = b"/healthz"
+
+
+def answer(request, render_text: Callable[[], str], health: Callable[[], Tuple[bool, dict]],
+           cors: bytes) -> Tuple[bytes, Optional[str]]:
+    """The reply to one request on the metrics port, and a reason to log
+    when it is an error.  ``request`` is what ``http.RequestReader`` gave:
+    a head, or a ``BadHead``.  ``health()`` says whether the daemon takes
+    streams (False while draining) and what to report."""
+    if isinstance(request, http.BadHead):
+        return _refusal(request.status, request.reason, cors)
+    if request.method not in (b"GET", b"HEAD"):
+        return _refusal(501, f"method {request.method[:40]!r} not implemented", cors)
+    head_only = request.method == b"HEAD"
+    path = http.origin_form(request.target).partition(b"?")[0]
+    if path == METRICS_PATH:
+        return http.metrics_answer(render_text().encode(), head_only=head_only), None
+    if path == HEALTH_PATH:
+        serving, report = health()
+        body = (json.dumps(report, separators=(",", ":")) + "\n").encode()
+        return http.metrics_answer(body, status=200 if serving else 503, content_type=b"application/json",
+                                   head_only=head_only), None
+    return _refusal(404, f"unknown URL {request.target[:200]!r}", cors)
+
+
+def _refusal(status: int, reason: str, cors: bytes) -> Tuple[bytes, str]:
+    return http.error(status, cors), f"{reason}; answered {status}"
 
 
 def _number(value) -> str:

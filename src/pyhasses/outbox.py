@@ -40,6 +40,17 @@ class Outbox:
             self._chunks.append(data)
             self._size += len(data)
 
+    def offer(self, data: bytes) -> bool:
+        """Queue ``data`` if it fits the limit; False (nothing queued) if not.
+        The fan-out's per-recipient step: kept to one comparison and one
+        append, as it runs once per recipient of every message."""
+        size = self._size + len(data)
+        if size > self.limit:
+            return False
+        self._chunks.append(data)
+        self._size = size
+        return True
+
     def take_head(self, nbytes=None) -> list:
         """Remove and return whole objects from the front, at least one,
         until ``nbytes`` are taken (all of them for None).  For a queue that

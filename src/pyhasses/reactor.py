@@ -50,7 +50,9 @@ class Timer:
 
 
 class Reactor:
-    def __init__(self, on_error: Callable[[str], None]):
+    def __init__(self, on_error: Callable[[str, BaseException], None]):
+        """``on_error(text, exc)`` reports a handler's exception that no
+        ``on_failure`` took care of."""
         self._epoll = select.epoll()
         self._handlers: dict = {}
         self._masks: dict = {}
@@ -217,12 +219,12 @@ class Reactor:
     def _fail(self, handler, exc: Exception) -> None:
         on_failure = getattr(handler, "on_failure", None)
         if on_failure is None:
-            self._on_error(f"error in {callback_name(handler)}: {exc!r}")
+            self._on_error(f"error in {callback_name(handler)}: {exc!r}", exc)
             return
         try:
             on_failure(exc)
         except Exception as exc2:
-            self._on_error(f"error while closing after {exc!r}: {exc2!r}")
+            self._on_error(f"error while closing after {exc!r}: {exc2!r}", exc2)
 
     def close(self) -> None:
         if self._signal_r is not None:

@@ -16,32 +16,31 @@ import errno
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from typing import List, Optional
 
-from . import __version__, delivery, http, metrics, tls
-from .connections import (ControlClient, FifoReader, Listener, MetricsClient, Refused, SseClient, TlsSseClient,
-                          describe_peer)
+from . import __version__, delivery, fifo, http, metrics, tls
+from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import ControlHandler
+from .control_channels import ControlClient, FifoReader
+from .daemonize import detach, drop_privileges
+from .errors import ErrorReport, StartError
 from .flushqueue import FlushQueue
 from .history import History
 from .hub import Hub, subscriptions
-from .logs import Log, client_list_block, duration
+from .logs import Log, ReopenFailed, client_list_block, duration
 from .reactor import Reactor, raise_nofile_limit
+from .session import StreamRules
 from .settings import Endpoint, Settings
 from .sse import EventIds
+from .streams import SseClient, TlsSseClient
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 #: Held back from the start of ``run`` until the reactor handles them: a stop
 #: asked for while the daemon starts is a clean stop, not a traceback.
 HANDLED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
-class StartError(Exception):
-    """The daemon cannot start; the text says why, for stderr and the log."""
 
 
 class Runtime:
@@ -52,12 +51,14 @@ class Runtime:
 
 
 class Daemon:
-    """The running daemon: what every connection reaches through ``ctx``."""
+    """The running daemon: it builds every part and hands each connection
+    the few it uses (``connections.Wiring``)."""
 
     def __init__(self, settings: Settings, log: Log, tls_setup: Optional[tls.TlsSetup] = None):
         self.settings = settings
         self.tls = tls_setup  # replaced on SIGHUP; streams keep the context they began with
         self.log = log
+        self.report = ErrorReport(log.error)  # internal errors, with their tracebacks
         self.runtime = Runtime(settings)
         self.hub = Hub()
         self.ids = EventIds()
@@ -69,8 +70,13 @@ class Daemon:
         self.fifo: Optional[FifoReader] = None
         self.reactor: Optional[Reactor] = None
         self.flusher: Optional[FlushQueue] = None
+        self.wiring: Optional[Wiring] = None         # listeners, refused and metrics clients
+        self.stream_wiring: Optional[Wiring] = None  # browsers' streams
+        self.control_wiring: Optional[Wiring] = None  # control port and FIFO
         self.history = History(settings.history_count, settings.history_bytes, settings.history_age)
         self.heartbeat: Optional[delivery.Heartbeat] = None
+        self.replayer: Optional[delivery.Replayer] = None
+        self._queued_figure: Optional[int] = None  # queued bytes, this pass
         self.draining: Optional[delivery.Drain] = None
         self.cluster = None  # cluster.Cluster under --redis
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
@@ -117,12 +123,25 @@ class Daemon:
             "historybytes": self.history.bytes,
             "droppedclients": counters.slow_closed,
             "droppedevents": counters.dropped_events,
-            "queuedbytes": sum(c.queued_bytes() for c in self.hub.clients),
+            "queuedbytes": self._queued_bytes(),
             "refused": counters.refused,
             "replayed": counters.replayed,
             "resets": counters.resets,
             "uptime": round(time.time() - self.started, 3),
         }
+
+    def _queued_bytes(self) -> int:
+        """Summed over every client at most once per loop pass: a burst of
+        status commands (64 KB of ``tcpstatus`` lines) costs one sweep, not
+        one per command (issue 15: 1.3 s with 2,000 streams)."""
+        if self._queued_figure is None:
+            self._queued_figure = sum(c.queued_bytes() for c in self.hub.clients)
+            if self.reactor is not None:
+                self.reactor.call_soon(self._forget_queued_figure)
+        return self._queued_figure
+
+    def _forget_queued_figure(self) -> None:
+        self._queued_figure = None
 
     def client_table(self) -> list:
         """tcpclientlist: one row per open SSE connection, oldest first."""
@@ -146,7 +165,14 @@ class Daemon:
         return rows
 
     def metrics_text(self) -> str:
-        return metrics.render(self.status_info())
+        return metrics.render(self.status_info(), metrics.process_figures())
+
+    def health(self):
+        """``/healthz``: answered by the loop itself, so an answer means it
+        turns; a draining daemon takes no new streams (503)."""
+        serving = self.draining is None
+        return serving, {"status": "ok" if serving else "draining", "pid": os.getpid(),
+                         "uptime": round(time.time() - self.started, 3), "streams": len(self.hub.streams)}
 
     def _add_tls_status(self, info: dict) -> None:
         """The certificate in use: lines for the status block, keys for tcpstatus."""
@@ -166,13 +192,21 @@ class Daemon:
     # -- start-up -----------------------------------------------------------
     def open_ports(self, sse_socks, control_socks, metrics_socks) -> None:
         """Listen: the SSE, control and metrics ports' sockets, bound before."""
-        self.sse_listeners = [Listener(self, s, self._new_sse_client, f"SSE port {sock_name(s)}") for s in sse_socks]
+        # Out of descriptors, a client accepted on the reserve gets a 503 on
+        # a plain HTTP port; TLS and control clients are closed without one.
+        busy = None if self.tls is not None else self._busy_answer
+        self.sse_listeners = [Listener(self.wiring, s, self._new_sse_client, f"SSE port {sock_name(s)}",
+                                       busy_answer=busy) for s in sse_socks]
         self.listeners = self.sse_listeners + [
-            Listener(self, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
+            Listener(self.wiring, s, self._new_control_client, f"control port {sock_name(s)}", priority_input=True)
             for s in control_socks
-        ] + [Listener(self, s, self._new_metrics_client, f"metrics port {sock_name(s)}") for s in metrics_socks]
+        ] + [Listener(self.wiring, s, self._new_metrics_client, f"metrics port {sock_name(s)}",
+                      busy_answer=self._busy_answer) for s in metrics_socks]
         for listener in self.listeners:
             self.reactor.register(listener.fd, listener)
+
+    def _busy_answer(self) -> bytes:
+        return http.unavailable(delivery.retry_after(self.settings.retry))
 
     def _new_sse_client(self, sock, peer):
         cap = self.settings.max_clients
@@ -182,44 +216,46 @@ class Daemon:
                 # A 503 would cost a TLS handshake first; shedding load must stay cheap.
                 self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); "
                               "closed before the TLS handshake")
-                return Refused(self, sock, peer, b"")
+                return Refused(self.wiring, sock, peer, b"")
             self.log.info(f"Refused {peer}: {cap} clients already connected (--max-clients); answered 503")
-            return Refused(self, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
+            return Refused(self.wiring, sock, peer, http.unavailable(delivery.retry_after(self.settings.retry)))
         if self.tls is not None:
-            return TlsSseClient(self, sock, peer)
-        return SseClient(self, sock, peer)
+            return TlsSseClient(self.stream_wiring, sock, peer, self.tls.context)
+        return SseClient(self.stream_wiring, sock, peer)
 
     def _new_metrics_client(self, sock, peer):
-        return MetricsClient(self, sock, peer, self.metrics_text)
+        return MetricsClient(self.wiring, sock, peer, self.metrics_text)
 
     def resume(self, client, last_id: str) -> None:
         """A stream that came back with Last-Event-ID gets what it missed."""
-        result = delivery.replay(client, last_id, self.history, self.hub, self.ids.last, self.ids.now())
+        result = self.replayer.start(client, last_id)
         if self.log.debugging:
-            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}, "
-                           f"{len(result.events)} held event(s) looked at")
+            self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}")
 
     def _new_control_client(self, sock, peer):
-        return ControlClient(self, sock, peer)
+        return ControlClient(self.control_wiring, sock, peer)
 
     def serve(self, sse_socks, control_socks, fifo_fd: Optional[int], metrics_socks=(), ready=None) -> None:
         """Build the reactor (after any fork) and run until a signal stops it;
         ``ready()`` is called once every descriptor is registered."""
-        self.reactor = Reactor(on_error=self.log.error)
+        self.reactor = Reactor(on_error=self.report)
         self.flusher = FlushQueue(self.reactor)
+        self.replayer = delivery.Replayer(self.reactor, self.history, self.hub, self.ids)
+        self._wire()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.reactor.add_signal_handler(sig, self._on_stop_signal)
         self.reactor.add_signal_handler(signal.SIGHUP, self._on_hangup)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.open_ports(sse_socks, control_socks, metrics_socks)
         if fifo_fd is not None:
-            self.fifo = FifoReader(self, fifo_fd, self.settings.fifo)
+            self.fifo = FifoReader(self.control_wiring, fifo_fd, self.settings.fifo)
         if self.settings.redis:
             self._join_cluster()
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
         self.log.info(f"pyhasses {__version__} serving SSE on {self.settings.sse.describe()} at {self.settings.match_url}")
+        self.log.info(f"Listening: {self._addresses(sse_socks, control_socks, metrics_socks)}")
         if ready is not None:
             ready()
         self.reactor.run()
@@ -231,11 +267,30 @@ class Daemon:
         from .cluster import Cluster
 
         self.cluster = Cluster(self, resp.parse_url(self.settings.redis))
-        self.ids = self.cluster.ids
+        self.ids = self.control.ids = self.replayer.ids = self.cluster.ids
         self.control.cluster = self.cluster
         self.log.info(f"Cluster node {self.cluster.node_id} on Redis {self.cluster.address.describe()}, "
                       f"stream {self.cluster.stream_key}")
         self.cluster.start()
+
+    def _wire(self) -> None:
+        """What each kind of connection is given (after the reactor exists)."""
+        common = dict(reactor=self.reactor, flusher=self.flusher, log=self.log, report=self.report,
+                      settings=self.settings, hub=self.hub)
+        self.wiring = Wiring(**common, cors=self.cors, health=self.health, reserve=DescriptorReserve())
+        history = self.history
+        rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest)
+        self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume)
+        self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients)
+
+    def _addresses(self, sse_socks, control_socks, metrics_socks) -> str:
+        """Every address the daemon takes input on, for the start-up log."""
+        parts = [f"{kind} on {', '.join(sock_name(s) for s in socks)}"
+                 for kind, socks in (("SSE", sse_socks), ("control", control_socks), ("metrics", metrics_socks))
+                 if socks]
+        if self.fifo is not None:
+            parts.append(f"FIFO {self.settings.fifo}")
+        return "; ".join(parts)
 
     # -- stream lifetime ------------------------------------------------------
     def _lifetime_sweep_interval(self) -> float:
@@ -245,10 +300,10 @@ class Daemon:
     def _end_expired_streams(self) -> None:
         """One timer for every stream's lifetime (a timer each would cost
         every idle stream ~200 bytes); the sweep is a cheap pass over the
-        established streams."""
+        established streams.  Monotonic: a step of the wall clock ends none."""
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
-        born_before = time.time() - self.settings.stream_lifetime
-        for client in [c for c in self.hub.streams if c.handshaked_at <= born_before]:
+        now = time.monotonic()
+        for client in [c for c in self.hub.streams if c.session.expired(now)]:
             try:
                 client.lifetime_over()
             except Exception as exc:
@@ -275,8 +330,11 @@ class Daemon:
         self.draining.start()
 
     def _on_hangup(self, signum: int) -> None:
-        if self.log.reopen():
-            self.log.info("SIGHUP: log file reopened")
+        try:
+            if self.log.reopen():
+                self.log.info("SIGHUP: log file reopened")
+        except ReopenFailed as exc:
+            self.log.error(f"SIGHUP: log file not reopened: {exc}")
         if self.tls is not None:
             self._reload_certificate()
 
@@ -307,6 +365,7 @@ class Daemon:
             self.fifo.close()
         if self.cluster is not None:
             self.cluster.close()
+        self.wiring.reserve.close()
         self.reactor.close()
 
 
@@ -365,28 +424,6 @@ def _listen(family: int, host: str, port: int, v6only: bool = True, reuse_port: 
         sock.close()
         raise
     return sock
-
-
-def open_fifo(path: str, mode: int) -> int:
-    """Create the FIFO if missing (mode as given, not world-writable by
-    default) and open it read-write, so writers closing never end it."""
-    try:
-        # The FIFO appears with the mode asked, never first with the umask's
-        # (a publisher or a test may look at it the moment it exists).
-        old_umask = os.umask(0)
-        try:
-            os.mkfifo(path, mode)
-        finally:
-            os.umask(old_umask)
-    except FileExistsError:
-        if not stat.S_ISFIFO(os.stat(path).st_mode):
-            raise StartError(f"-fifo={path} exists and is not a FIFO")
-    except OSError as exc:
-        raise StartError(f"cannot create FIFO {path}: {exc.strerror}") from None
-    try:
-        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StartError(f"cannot open FIFO {path}: {exc.strerror}") from None
 
 
 class PidFile:
@@ -471,42 +508,41 @@ def run(settings: Settings) -> int:
                 log.info(f"Control port listens on {where} (loopback only)")
             else:
                 log.out(f"WARNING: control port listens on {where}: anyone who reaches it can publish")
-        fifo_is_new = bool(settings.fifo) and not os.path.lexists(settings.fifo)
-        fifo_fd = open_fifo(settings.fifo, settings.fifo_mode) if settings.fifo else None
+        fifo_fd = _open_fifo(settings, log)
         if fifo_fd is not None:
             opened.append(fifo_fd)
-        if fifo_is_new and settings.user:
-            from .daemonize import give_to_user
-
-            give_to_user(settings.fifo, settings.user)
     except StartError as exc:
-        return _fail(log, str(exc), opened)
+        return _fail(log, str(exc), opened, foreground=settings.nodaemon)
 
     daemon_context = report = None
     if not settings.nodaemon:
-        from .daemonize import detach
-
         daemon_context, report = detach(opened + [log.stream_fileno()], settings.logfile)
     try:
         if settings.user:
-            from .daemonize import drop_privileges
-
             drop_privileges(settings.user)
         pidfile.write()
     except StartError as exc:
-        return _fail(log, str(exc), opened, report)
+        return _fail(log, str(exc), opened, report, foreground=settings.nodaemon)
 
     daemon = Daemon(settings, log, tls_setup)
     log.info("=== daemon starting ===")
     log.info(f"Pid: {os.getpid()}")
+    status = EXIT_OK
     try:
         daemon.serve(sse_socks, control_socks, fifo_fd, metrics_socks, ready=report.ready if report else None)
+    except Exception as exc:
+        # The loop itself failed (a handler's error never gets here): say
+        # why in the log, which in daemon mode is the only place anyone looks.
+        daemon.report(f"Error: the event loop stopped on an internal error {exc!r}. Exiting...", exc)
+        if report is not None:
+            report.failed(f"internal error {exc!r}; see {settings.logfile}")  # if still waiting
+        status = EXIT_FAILURE
     finally:
         pidfile.remove(log)
         log.close()
         if daemon_context is not None:
             daemon_context.close()
-    return EXIT_OK
+    return status
 
 
 def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
@@ -520,6 +556,19 @@ def _prepare_tls(settings: Settings, log: Log) -> tls.TlsSetup:
     if setup.warning:
         log.out(setup.warning)
     return setup
+
+
+def _open_fifo(settings: Settings, log: Log) -> Optional[int]:
+    if not settings.fifo:
+        return None
+    policy = fifo.policy_for(settings.fifo_mode, settings.fifo_group, settings.user)
+    try:
+        fd = fifo.open_fifo(settings.fifo, policy)
+    except fifo.FifoError as exc:
+        raise StartError(str(exc)) from None
+    for line in fifo.describe(fd, settings.fifo):
+        log.info(line)
+    return fd
 
 
 def _check_redis(settings: Settings, log: Log) -> None:
@@ -550,13 +599,16 @@ def _is_loopback(sock: socket.socket) -> bool:
     return host.startswith("127.") or host == "::1"
 
 
-def _fail(log: Log, reason: str, opened: list, report=None) -> int:
+def _fail(log: Log, reason: str, opened: list, report=None, foreground: bool = False) -> int:
+    """Close what was opened and say why, once where a person reads it: in
+    the foreground the log is the terminal, so only stderr gets the reason."""
     for item in opened:
         try:
             item.close() if hasattr(item, "close") else os.close(item)
         except OSError:
             pass
-    log.error(f"Error: {reason}. Exiting...")
+    if not foreground:
+        log.error(f"Error: {reason}. Exiting...")
     if report is not None:
         report.failed(reason)  # stderr is /dev/null once detached
     else:

@@ -48,7 +48,8 @@ class Settings:
     match_url: str
     control: Optional[Endpoint] = None
     fifo: Optional[str] = None
-    fifo_mode: int = 0o660
+    fifo_mode: Optional[int] = None   # None: fifo.DEFAULT_MODE, and an existing FIFO keeps its own
+    fifo_group: Optional[int] = None  # gid
     separator: str = ";"
     loglevel: int = 1
     logfile: str = "/var/log/pyhasses.log"
@@ -68,6 +69,7 @@ class Settings:
     max_message_bytes: int = MIB
     max_token_length: int = 128
     idle_flush: float = 0.5
+    max_except: int = 256             # ids in one JSON message's "except" (issue 15)
 
     # -- TLS (issue 3) --
     key_passphrase_file: Optional[str] = None  # first line: the private key's passphrase
@@ -183,6 +185,8 @@ def validate(s: Settings) -> Settings:
     for flag, path in (("-fifo", s.fifo), ("-l", s.logfile), ("-pidfile", s.pidfile)):
         if path and not os.path.isabs(path):
             raise SettingsError(f"{flag} needs an absolute path: {path!r}")
+    if s.fifo_mode is not None and not 0 <= s.fifo_mode <= 0o777:
+        raise SettingsError(f"--fifo-mode must be permission bits, 0000 to 0777: {s.fifo_mode:o}")
     if len(s.separator) != 1 or s.separator in "\r\n={":
         raise SettingsError(f"-sep must be one character other than CR, LF, '=' and '{{': {s.separator!r}")
     if s.ssl and not (s.cert_file and s.key_file):

@@ -68,10 +68,23 @@ say "building in $WORK"
 mkdir "$WORK/src"
 (cd "$ROOT" && tar --exclude=./.venv --exclude=./.git --exclude=__pycache__ --exclude=.pytest_cache \
     --exclude=./.pybuild --exclude=./build -cf - .) | tar -xf - -C "$WORK/src"
-if ! (cd "$WORK/src" && timeout 1200 dpkg-buildpackage -us -uc -b >"$WORK/build.log" 2>&1); then
+# The copy is a git tree, so that what the build leaves behind shows.
+(cd "$WORK/src" && git init -q && git add -A && git -c user.name=t -c user.email=t@localhost commit -qm copy) \
+    || fail "git init in the copy"
+# A python3 that is not Debian's first in PATH (pyenv, a venv), as on a
+# developer's machine: the build must not use it.
+mkdir "$WORK/other-python"
+printf '#!/bin/sh\necho "not Debian python3" >&2\nexit 97\n' >"$WORK/other-python/python3"
+chmod +x "$WORK/other-python/python3"
+cp "$WORK/other-python/python3" "$WORK/other-python/python3.11"
+if ! (cd "$WORK/src" && PATH="$WORK/other-python:$PATH" timeout 1200 dpkg-buildpackage -us -uc -b \
+        >"$WORK/build.log" 2>&1); then
     tail -60 "$WORK/build.log"
     fail "dpkg-buildpackage"
 fi
+! grep -q "not Debian python3" "$WORK/build.log" || fail "the build ran a python3 that is not Debian's"
+left=$(cd "$WORK/src" && git status --porcelain --untracked-files=all)
+[ -z "$left" ] || fail "the build left files that .gitignore does not cover: $left"
 grep -E "^(platform |=+ .*(passed|failed).* in )" "$WORK/build.log" | sed 's/^/integration: build tests: /' || true
 say "build tests ran with Debian's httptools $(python3 -c 'import httptools; print(httptools.__version__)')"
 VERSION=$(cd "$WORK/src" && dpkg-parsechangelog -S Version)
@@ -101,6 +114,9 @@ if command -v systemd-analyze >/dev/null; then
     out=$(timeout 60 systemd-analyze verify /lib/systemd/system/pyhasses.service 2>&1) || true
     [ -z "$out" ] || fail "systemd-analyze verify: $out"
 fi
+ls /usr/share/doc/pyhasses/README.rst* >/dev/null 2>&1 || fail "README not in /usr/share/doc/pyhasses"
+[ -f /usr/share/doc/pyhasses/examples/publish.py ] || fail "examples not in /usr/share/doc/pyhasses/examples"
+grep -qx -- "-cp=8085" /etc/pyhasses/pyhasses.conf || fail "the packaged config has no control port"
 say "installed: /usr/bin/pyhasses -v = pyhasses ${VERSION}"
 
 # -- run the unit's ExecStart line as systemd would ---------------------------
@@ -113,6 +129,13 @@ PYHASSES_OPTS=""
 . /etc/default/pyhasses
 # The operator's way to change the port: PYHASSES_OPTS wins over the config.
 PYHASSES_OPTS="$PYHASSES_OPTS --port 127.0.0.1:$PORT"
+# The packaged control port when it is free here, else another (the same
+# option, given later, wins).
+CPORT=8085
+if ! python3 -c 'import socket; socket.create_server(("127.0.0.1", 8085)).close()' 2>/dev/null; then
+    CPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    PYHASSES_OPTS="$PYHASSES_OPTS --control-port $CPORT"
+fi
 install -d -o "$USER_" -g "$USER_" -m 0750 /run/pyhasses   # RuntimeDirectory=
 eval "set -- $EXEC"
 say "starting as $USER_: $*"
@@ -124,6 +147,11 @@ wait_for 15 "the daemon to serve" serving
 [ "$(cat /run/pyhasses/pyhasses.pid)" = "$DPID" ] || fail "pid file does not hold $DPID"
 [ "$(ps -o user= -p "$DPID")" = "$USER_" ] || fail "the daemon does not run as $USER_"
 [ "$(stat -c '%a %U %G' /run/pyhasses/fifo)" = "660 $USER_ $USER_" ] || fail "FIFO is $(stat -c '%a %U %G' /run/pyhasses/fifo)"
+grep -q "Control port listens on 127.0.0.1:$CPORT, \[::1\]:$CPORT (loopback only)" "$WORK/daemon.log" \
+    || { cat "$WORK/daemon.log"; fail "the control port is not on loopback"; }
+ctl_out=$(timeout 30 /usr/bin/pyhasses-ctl --port "$CPORT" status) || fail "pyhasses-ctl status: $ctl_out"
+echo "$ctl_out" | grep -q "^version: $VERSION" || fail "pyhasses-ctl status said: $ctl_out"
+say "pyhasses-ctl status answers on the packaged control port ($CPORT)"
 
 curl -sN --max-time 20 -H 'Connection: keep-alive' "http://127.0.0.1:$PORT/sse?subscribe=room1" >"$WORK/events" 2>&1 &
 CURL=$!
@@ -154,6 +182,7 @@ if command -v logrotate >/dev/null; then
     install -d -o "$USER_" -g "$USER_" -m 0750 /run/pyhasses
     LOG=/var/log/pyhasses/pyhasses.log
     timeout 60 /usr/bin/pyhasses -config=/etc/pyhasses/pyhasses.conf -user="$USER_" --port "127.0.0.1:$PORT" \
+        --control-port "127.0.0.1:$CPORT" \
         || fail "daemon mode did not start"
     DPID=$(cat /run/pyhasses/pyhasses.pid)
     [ "$(ps -o user= -p "$DPID")" = "$USER_" ] || fail "the daemon does not run as $USER_"

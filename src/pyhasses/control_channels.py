@@ -1,0 +1,216 @@
+"""The control channels: the TCP control port's connections and the FIFO,
+and what both do with the bytes publishers write.
+
+Owns: framing a writer's bytes into parts (through ``control.Framer``), the
+idle flush of an unterminated tail, running each part through the control
+handler, and sending a TCP writer's replies after the fan-out they answer.
+Must not touch: what a command means (``control``), routing (``hub``).
+The socket calls are ``connections.Connection``'s; the FIFO's ``os.read``
+is here.  ``ctx`` is a ``connections.Wiring`` with ``control`` (the
+``ControlHandler``) and ``control_clients`` (the set of open connections)
+besides the usual.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from .connections import RECV_SIZE, RETRY, Connection
+from .control import Framer, PipeReads
+from .reactor import READABLE
+
+
+class ControlInput:
+    """Control bytes from one writer: framing, the idle flush of an
+    unterminated tail, and running each part.  ``reply`` takes the answer
+    bytes of a TCP writer; the FIFO has nobody to answer."""
+
+    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None):
+        self.ctx = ctx
+        self.channel = channel
+        self.reply = reply
+        self.replied = replied  # called after each run of parts, their events queued
+        self.on_finish = on_finish  # called when a held tail is taken as whole
+        self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
+        self._idle = None
+
+    def feed(self, data: bytes, complete: bool = False) -> None:
+        """``complete``: the tail of ``data`` is a whole part (FIFO reads)."""
+        items = self.framer.feed(data)
+        if complete:
+            items += self.framer.finish()
+        self._run(items)
+        reactor = self.ctx.reactor
+        reactor.cancel(self._idle)
+        self._idle = None
+        if self.framer.pending:
+            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish)
+
+    def finish(self) -> None:
+        """End of input, or the writer went idle: the tail is a whole part."""
+        self.cancel()
+        if self.on_finish is not None:
+            self.on_finish()
+        self._run(self.framer.finish())
+
+    def cancel(self) -> None:
+        self.ctx.reactor.cancel(self._idle)
+        self._idle = None
+
+    def reset(self) -> None:
+        self.cancel()
+        self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
+
+    # Answers that come after their part was run (a cluster's
+    # acknowledgement, once Redis gave the message back): ``expect_answer`` when
+    # one is promised, ``late_answer`` when it comes; the writer's end of input
+    # waits for them (``on_settled``).
+    awaiting = 0
+    on_settled = None
+
+    def expect_answer(self) -> None:
+        self.awaiting += 1
+
+    def late_answer(self, answer: bytes) -> None:
+        self.awaiting -= 1
+        if self.reply is not None and self.reply(answer) and self.replied is not None:
+            self.replied()
+        if not self.awaiting and self.on_settled is not None:
+            settled, self.on_settled = self.on_settled, None
+            settled()
+
+    def _run(self, items) -> None:
+        # The events of one read leave joined (Hub.hold), except under the
+        # drop policy, which drops whole queued chunks and counts events.
+        if self.ctx.settings.slow_client_policy == "drop":
+            self._run_items(items)
+        else:
+            hub = self.ctx.hub
+            hub.hold()
+            try:
+                self._run_items(items)
+            finally:
+                hub.release()
+        if self.replied is not None:
+            self.replied()
+
+    def _run_items(self, items) -> None:
+        handle = self.ctx.control.handle
+        can_reply = self.reply is not None
+        for item in items:
+            try:
+                answer = handle(item, self.channel, can_reply, self)
+            except Exception as exc:
+                # A bug met by one part must not cost the parts after it
+                # (on the FIFO: other publishers' messages).
+                self.ctx.report(f"{self.channel}: internal error {exc!r}; this part dropped", exc)
+                continue
+            if answer is not None and not self.reply(answer):
+                return
+
+
+class ControlClient(Connection):
+    """A publisher on the TCP control port."""
+
+    kind = "control client"
+    priority_input = True  # read between the slices of a long fan-out
+
+    def __init__(self, ctx, sock: socket.socket, peer: str):
+        super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
+        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued)
+        ctx.control_clients.add(self)
+        ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
+
+    def on_data(self, data: bytes) -> None:
+        self.input.feed(data)
+
+    def _replies_queued(self) -> None:
+        if len(self.outbox) and not self.closed:
+            self.ctx.flusher.after_slice(self._send_replies)
+
+    def _send_replies(self) -> None:
+        """Replies leave after the first slice of the fan-out of the
+        messages they answer (FlushQueue): "delivered: N" says queued for N,
+        and sent to all of them unless there are more than a slice."""
+        if len(self.outbox) and not self._writing and not self.closed:
+            self.flush()
+
+    def on_eof(self) -> None:
+        """The writer half-closed or closed: its tail is complete; answer
+        what it asked, then close."""
+        self.input.finish()
+        if self.closed:
+            return
+        if self.input.awaiting:
+            # Acknowledgements still to come: stop reading until they are queued.
+            self.ctx.reactor.modify(self.fd, 0)
+            self.input.on_settled = self._settled_after_eof
+            return
+        self.finish_after_eof()
+
+    def _settled_after_eof(self) -> None:
+        if not self.closed:
+            self.finish_after_eof()
+
+    def _reply(self, answer: bytes) -> bool:
+        """Queue an answer; False once the connection is closed."""
+        if self.closed:
+            return False
+        # One reply may be larger than the limit (tcpclientlist of many
+        # clients); replies piling up unread may not.
+        if len(self.outbox) and not self.outbox.fits(len(answer)):
+            self.close("does not read its replies")
+            return False
+        self.outbox.append(answer)  # sent by _send_replies
+        return True
+
+    def on_closed(self, reason: str, quiet: bool) -> None:
+        self.input.cancel()
+        self.ctx.control_clients.discard(self)
+        if quiet:  # the writer's own close, the usual end
+            self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
+        else:
+            self.ctx.log.info(f"Closed communication connection {self.peer}: {reason}")
+
+
+class FifoReader:
+    """The control FIFO, opened read-write so that it never reports end of
+    input when a writer closes (hasses does the same)."""
+
+    kind = "FIFO"
+    priority_input = True
+
+    def __init__(self, ctx, fd: int, path: str):
+        self.ctx = ctx
+        self.fd = fd
+        self.path = path
+        self.reads = PipeReads(RECV_SIZE)
+        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset)
+        ctx.reactor.register(fd, self, READABLE)
+
+    def on_events(self, mask: int) -> None:
+        try:
+            data = os.read(self.fd, RECV_SIZE)
+        except OSError as exc:
+            if exc.errno in RETRY:
+                return
+            raise
+        if data:
+            if self.reads.ends_part(len(data)):
+                # what one read brings is one writer's: never merged with the next
+                self.input.feed(data, complete=True)
+            else:
+                self.input.feed(data)
+                if not self.input.framer.pending:
+                    self.reads.reset()  # nothing left to continue
+
+    def on_failure(self, exc: Exception) -> None:
+        self.ctx.report(f"FIFO {self.path}: internal error {exc!r}; input discarded", exc)
+        self.input.reset()
+        self.reads.reset()
+
+    def close(self) -> None:
+        self.ctx.reactor.unregister(self.fd)
+        self.input.cancel()
+        os.close(self.fd)
