@@ -6,9 +6,11 @@ the daemon's own sans-IO code over a blocking socket."""
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from pyhasses import resp
@@ -89,3 +91,77 @@ class RedisServer:
                     if callback is not None:
                         callback(reply)
         return replies[0]
+
+
+class HoldingProxy:
+    """A loopback TCP relay in front of Redis whose answers to the node can
+    be held back (``hold``) and let through again (``release``): a node
+    behind it lags the others, as one on a slow link or a busy core does.
+    Bytes are never dropped or reordered.  One thread, ended by ``stop``."""
+
+    def __init__(self, redis_port: int):
+        self.redis_port = redis_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held = False
+        self._lock = threading.Lock()
+        self._pairs = []  # [node socket, redis socket, bytes held for the node]
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def hold(self):
+        with self._lock:
+            self.held = True
+
+    def release(self):
+        with self._lock:
+            self.held = False
+
+    def _run(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ, None)
+        while not self._stopping:
+            for key, _ in sel.select(0.05):
+                if key.data is None:
+                    node, _ = self.listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", self.redis_port))
+                    pair = [node, upstream, bytearray()]
+                    self._pairs.append(pair)
+                    sel.register(node, selectors.EVENT_READ, (pair, 0))
+                    sel.register(upstream, selectors.EVENT_READ, (pair, 1))
+                    continue
+                pair, side = key.data
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    for s in pair[:2]:
+                        sel.unregister(s)
+                        s.close()
+                    self._pairs.remove(pair)
+                    continue
+                if side == 0:
+                    pair[1].sendall(data)
+                else:
+                    pair[2] += data
+            with self._lock:
+                held = self.held
+            if not held:
+                for pair in self._pairs:
+                    if pair[2]:
+                        pair[0].sendall(pair[2])
+                        pair[2].clear()
+        for pair in self._pairs:
+            for s in pair[:2]:
+                s.close()
+        self.listener.close()
+
+    def stop(self):
+        self._stopping = True
+        self._thread.join(5)

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from redis_support import RedisServer
+from pyhasses import cluster as cluster_module
+from redis_support import HoldingProxy, RedisServer
 from support import Daemon, SseClient, free_port, run_module, wait_until
 
 EVENT = re.compile(rb"id: (\d+)\ndata: ([^\n]*)\n\n")
@@ -30,8 +31,8 @@ def cluster(tmp_path, redis):
     """Start nodes on ``redis``; every one is stopped at the end."""
     started = []
 
-    def start(*extra, port=None, **kw):
-        node = Daemon(tmp_path, f"--redis={redis.url}", "--redis-prefix=t", *extra, start=port is None, **kw)
+    def start(*extra, port=None, url=None, **kw):
+        node = Daemon(tmp_path, f"--redis={url or redis.url}", "--redis-prefix=t", *extra, start=port is None, **kw)
         if port is not None:  # a port chosen by the test (shared with --reuse-port)
             node.port = port
             node.args = ["-nodaemon", f"-p=127.0.0.1:{port}", "-murl=/sse", f"-cp={node.cport}", *node.args[4:]]
@@ -124,6 +125,71 @@ def test_resume_on_another_node_and_on_a_node_started_later(cluster):
     late = stream(d, "room1-room2", last_event_id=last_id)
     assert [x for _, x in collect(late, 3, 5)] == ["four", "five", "six"]
     assert b"event: reset" not in late.buf
+
+
+@pytest.fixture
+def lagging(redis):
+    """A relay to ``redis`` that can hold a node's answers back."""
+    proxy = HoldingProxy(redis.port)
+    yield proxy
+    proxy.stop()
+
+
+def test_resume_on_a_node_that_lags_waits_for_the_id_then_sends_what_follows(cluster, lagging):
+    a, b = cluster(), cluster()
+    c = cluster(url=lagging.url)
+    first = stream(a)
+    a.wait_clients(1)
+    a.control("room1=one;room1=two\n")
+    collect(first, 2, 5)
+    wait_until(lambda: c.control_json("tcpstatus")["historysize"] >= 2, 5, what="c to read the first events")
+    lagging.hold()  # c reads nothing more for now
+    a.control("room1=three;room1=four\n")
+    last_id = collect(first, 2, 5)[-1][0]
+    first.close()
+    moved = stream(c, last_event_id=last_id)  # an id c has not read yet
+    b.control("room1=five\n")
+    moved.expect_nothing(0.5)  # no reset, and not "three" or "four" again
+    lagging.release()
+    assert [d for _, d in collect(moved, 1, 5)] == ["five"]
+    a.control("room1=six\n")
+    assert [d for _, d in collect(moved, 1, 5)] == ["six"]
+    moved.expect_nothing(0.3)
+    assert c.control_json("tcpstatus")["resets"] == 0
+
+
+def test_resume_after_an_id_beyond_redis_gets_a_reset_at_once(cluster):
+    a, b, c = cluster(), cluster(), cluster()
+    first = stream(a)
+    a.wait_clients(1)
+    b.control("room1=one\n")
+    last_id = collect(first, 1, 5)[-1][0]
+    wait_until(lambda: c.control_json("tcpstatus")["historysize"] >= 1, 5, what="c to read the event")
+    began = time.monotonic()
+    ahead = stream(c, last_event_id=str(last_id + 10 ** 9))  # a second after Redis' newest entry
+    reset = ahead.read_chunk(5)
+    assert time.monotonic() - began < cluster_module.AHEAD_WAIT  # Redis said so; no wait
+    assert reset.startswith(b"event: reset\n") and b'"reason":"unknown-id"' in reset
+    assert f"id: {last_id}\n".encode() in reset  # the browser asks from c's newest next time
+    a.control("room1=two\n")
+    assert [d for _, d in collect(ahead, 1, 5)] == ["two"]
+
+
+def test_resume_on_a_node_that_stays_behind_gets_a_reset_after_the_wait(cluster, lagging):
+    a, b = cluster(), cluster()
+    c = cluster(url=lagging.url)
+    first = stream(a)
+    a.wait_clients(1)
+    wait_until(lambda: c.control_json("tcpstatus")["redis"] == "up", 5, what="c's link")
+    lagging.hold()
+    b.control("room1=one\n")
+    last_id = collect(first, 1, 5)[-1][0]
+    began = time.monotonic()
+    moved = stream(c, last_event_id=str(last_id))
+    reset = moved.read_chunk(cluster_module.AHEAD_WAIT + 3)
+    assert time.monotonic() - began >= cluster_module.AHEAD_WAIT - 0.2
+    assert reset.startswith(b"event: reset\n") and b'"reason":"unknown-id"' in reset
+    lagging.release()
 
 
 def test_redis_killed_for_five_seconds_during_ten_thousand_publishes(cluster, redis):

@@ -70,6 +70,10 @@ if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then return false end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', 86400)
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's', ARGV[2], 'm', ARGV[4])
 """
+#: How long a stream that resumes after an id this node has not read yet
+#: waits for this node to read it (the node lags the one that served the
+#: client) before it gets a reset instead.
+AHEAD_WAIT = 3.0
 #: Reconnect delays: doubled each failure from MIN to MAX, times 0.5-1.5.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -348,6 +352,8 @@ class Cluster:
         self.last_stream_id = entries[-1][0] if entries else b"0-0"
         self._read_next()
         self._flush_spool()
+        if self.ctx.replayer.waiting:
+            self.ctx.replayer.caught_up()
 
     def _read_next(self) -> None:
         if self.reader is not None and not self.reader.closed:
@@ -366,6 +372,8 @@ class Cluster:
             entries = reply[0][1]
             self._deliver(entries, live=True)
             self.last_stream_id = entries[-1][0]
+            if self.ctx.replayer.waiting:
+                self.ctx.replayer.caught_up()
         self._read_next()
 
     def _deliver(self, entries, live: bool) -> None:
@@ -423,6 +431,24 @@ class Cluster:
             hub.counters.resets += 1
         self.ctx.log.error(f"Redis: {count} message(s) of the stream {self.stream_key} were gone before this node "
                            f"read them (trimmed, or lost by Redis); {len(hub.streams)} stream(s) sent a reset")
+
+    # -- resuming after an id this node has not read yet ---------------------------
+    def check_ahead(self, replay, key: int) -> None:
+        """A stream waits for ``key`` (``Replayer.wait``): if Redis' newest
+        entry is older, nobody gave that id out, and the wait ends at once
+        with a reset.  Without a link, the wait's time limit decides."""
+        commands = self.commands
+        if self.link != "up" or commands is None or not commands.ready:
+            return
+        epoch = self.ids.epoch
+
+        def newest(reply) -> None:
+            if isinstance(reply, (LinkDown, resp.ReplyError)) or self.ids.epoch != epoch:
+                return
+            if not reply or self.ids.of_stream_id(reply[0][0]) < key:
+                self.ctx.replayer.give_up(replay)
+
+        commands.send(newest, "XREVRANGE", self.stream_key, "+", "-", "COUNT", 1)
 
     # -- publishing -------------------------------------------------------------
     def publish(self, msg, later, channel: str, can_reply: bool) -> Optional[bytes]:

@@ -263,12 +263,14 @@ class Daemon:
 
     def _join_cluster(self) -> None:
         """Messages go through Redis from now on; ids come from its stream."""
-        from . import resp
-        from .cluster import Cluster
+        from . import cluster, resp
 
-        self.cluster = Cluster(self, resp.parse_url(self.settings.redis))
+        self.cluster = cluster.Cluster(self, resp.parse_url(self.settings.redis))
         self.ids = self.control.ids = self.replayer.ids = self.cluster.ids
         self.control.cluster = self.cluster
+        # An id another node gave out may be ahead of this node's reading.
+        self.replayer.ahead_wait = cluster.AHEAD_WAIT
+        self.replayer.ahead_check = self.cluster.check_ahead
         self.log.info(f"Cluster node {self.cluster.node_id} on Redis {self.cluster.address.describe()}, "
                       f"stream {self.cluster.stream_key}")
         self.cluster.start()
