@@ -320,13 +320,28 @@ class ControlHandler:
         if isinstance(parsed, Command):
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
-            if self.cluster is not None:
-                return self.cluster.publish(parsed, later, channel, can_reply)
-            return self._message(parsed, channel, can_reply)
+            return self.publish(parsed, channel, can_reply, later)
         self.log.error(f"{channel}: {parsed.reason}; ignored")
         if parsed.is_json and can_reply:
             return _json_line({"ok": False, "error": parsed.reason})
         return None
+
+    def publish(self, msg: Message, channel: str, can_reply: bool, later=None) -> Optional[bytes]:
+        """The one entry for an accepted message, whichever channel took it
+        in (control port, FIFO, Unix socket, an HTTP publisher): on one
+        node it is delivered now; on a cluster it goes to Redis and is
+        delivered when read back.  ``channel`` names the publisher in logs.
+
+        The acknowledgement (``msg.ack`` and ``can_reply``): on one node the
+        return value; on a cluster it comes later, through ``later``
+        (``expect_answer()`` is called now, ``late_answer(bytes)`` once the
+        message was read back or refused), and the return value is None
+        unless the message is refused at once (``{"ok": false, ...}``, Redis
+        away and the spool full).  A publisher that must answer every
+        message (HTTP) sets ``ack`` and passes a ``later``."""
+        if self.cluster is not None:
+            return self.cluster.publish(msg, later, channel, can_reply)
+        return self._message(msg, channel, can_reply)
 
     def _message(self, msg: Message, channel: str, can_reply: bool) -> Optional[bytes]:
         event_id, key = self.ids.next_id()
