@@ -355,7 +355,11 @@ class Cluster:
         if self.ctx.replayer.waiting:
             self.ctx.replayer.caught_up()
 
-    def _read_next(self) -> None:
+    def _read_next(self, reader=None) -> None:
+        """``reader``: the connection this read was due on (a later link
+        starts its own reading)."""
+        if reader is not None and reader is not self.reader:
+            return
         if self.reader is not None and not self.reader.closed:
             self.reader.send(self._got_read, "XREAD", "COUNT", READ_BATCH, "BLOCK", READ_BLOCK_MS,
                              "STREAMS", self.stream_key, self.last_stream_id)
@@ -374,6 +378,11 @@ class Cluster:
             self.last_stream_id = entries[-1][0]
             if self.ctx.replayer.waiting:
                 self.ctx.replayer.caught_up()
+            # The next read is asked for once the first slice of this
+            # fan-out is written: where Redis shares the node's core, its
+            # answer would otherwise wake Redis ahead of those writes.
+            self.ctx.flusher.after_slice(functools.partial(self._read_next, self.reader))
+            return
         self._read_next()
 
     def _deliver(self, entries, live: bool) -> None:

@@ -86,9 +86,16 @@ class RedisConnection:
 
     # -- commands ------------------------------------------------------------
     def send(self, callback: Optional[Callable], *args) -> None:
+        """Queued now, written at the end of the loop pass: the commands of
+        one pass (the publishes of one control read) leave in one write, and
+        none waits for a later pass."""
         was_empty = not self._out
         self._out += self.talk.ask(callback, *args)
         if was_empty and self.connected:
+            self.reactor.call_soon(self._flush_open)
+
+    def _flush_open(self) -> None:
+        if not self.closed:
             self._flush()
 
     @property
