@@ -22,9 +22,11 @@ from .hub import RoutingError, Target, parse_target
 
 @dataclasses.dataclass
 class Oversize:
-    """A part passed the limit and was dropped; the next one is unharmed."""
+    """A part passed the limit and was dropped; the next one is unharmed.
+    ``json`` says it began with ``{``: its writer may wait for an answer."""
 
     size: int
+    json: bool = False
 
 
 class Framer:
@@ -81,7 +83,7 @@ class Framer:
                     tail = True
                 break
             if dropping is not None:
-                out.append(Oversize(self._dropped + end - pos))
+                out.append(Oversize(self._dropped + end - pos, dropping == "json"))
                 self._dropping = None
             else:
                 self._emit(bytes(buf[pos:end]), out)
@@ -95,7 +97,7 @@ class Framer:
         """End of input or an idle writer: the held tail is a whole part."""
         out: list = []
         if self._dropping is not None:
-            out.append(Oversize(self._dropped + len(self._buf)))
+            out.append(Oversize(self._dropped + len(self._buf), self._dropping == "json"))
         elif self._buf:
             self._emit(bytes(self._buf), out)
         self._buf.clear()
@@ -107,7 +109,7 @@ class Framer:
         if part.endswith(b"\r"):
             part = part[:-1]
         if len(part) > self.limit:
-            out.append(Oversize(len(part)))
+            out.append(Oversize(len(part), part[:1] == b"{"))
         elif part.strip():
             out.append(part)
 
@@ -310,7 +312,12 @@ class ControlHandler:
 
     def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
         if isinstance(item, Oversize):
-            self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
+            reason = f"part of {item.size} bytes over the limit of {self.settings.max_part_bytes}"
+            self.log.error(f"{channel}: {reason}, dropped")
+            # A JSON publisher may be waiting for its acknowledgement: like
+            # any malformed object, it gets an answer with the reason.
+            if item.json and can_reply:
+                return _json_line({"ok": False, "error": reason})
             return None
         parsed = interpret(item, self.settings.max_token_length, self.settings.max_message_bytes,
                            self.settings.max_except)
