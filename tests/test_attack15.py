@@ -3,8 +3,11 @@ second round): each test is one attack on a real daemon over real sockets."""
 
 import json
 import socket
+import time
 
-from support import SseClient
+import pytest
+from support import SseClient, wait_until
+from test_hostile import Pinger, send_all
 
 
 def stream(d, subscribe) -> SseClient:
@@ -27,3 +30,33 @@ def test_an_oversize_json_part_waiting_for_its_ack_gets_an_error_and_the_connect
         assert json.loads(replies.readline())["ok"] is True
     assert c.read_event()["data"] == "after"
     assert "over the limit" in d.log()
+
+
+@pytest.mark.parametrize("command, count", [("clientlist", 100), ("tcpmetrics", 2000), ("tcpclientlist", 50)])
+def test_a_burst_of_commands_that_walk_every_stream_does_not_stall_1000_streams(daemon_factory, command, count):
+    """Each of these walks every stream or descriptor: one write of many
+    of them is worked off over several loop passes, its writer unread
+    meanwhile, and every reply arrives."""
+    d = daemon_factory("--heartbeat", "0")
+    socks = []
+    try:
+        for n in range(1000):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            s.sendall(f"GET /sse?subscribe=idle{n}&id=c{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
+            socks.append(s)
+        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 1000, 30, what="1000 streams")
+        with Pinger(d) as pinger:
+            time.sleep(0.3)
+            replies = send_all(d.cport, f"{command}\n".encode() * count)
+            time.sleep(0.5)
+        assert pinger.worst() < 0.5, pinger.worst()
+        if command == "tcpclientlist":
+            documents = replies.splitlines()
+            assert len(documents) == count
+            assert len(json.loads(documents[-1])["clients"]) == 1001
+        elif command == "tcpmetrics":
+            assert replies.count(b"\npyhasses_messages_total ") == count  # one set of figures per command
+        assert d.alive()
+    finally:
+        for s in socks:
+            s.close()

@@ -13,12 +13,18 @@ besides the usual.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
+import time
 
 from .connections import RECV_SIZE, RETRY, Connection
 from .control import Framer, PipeReads
 from .reactor import READABLE
+
+#: Seconds of one loop pass that one writer's parts may take; the rest of
+#: its input waits for the next pass (and in the kernel, unread).
+RUN_BUDGET = 0.02
 
 
 class ControlInput:
@@ -26,14 +32,22 @@ class ControlInput:
     unterminated tail, and running each part.  ``reply`` takes the answer
     bytes of a TCP writer; the FIFO has nobody to answer."""
 
-    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None):
+    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None, pause=None):
         self.ctx = ctx
         self.channel = channel
         self.reply = reply
         self.replied = replied  # called after each run of parts, their events queued
         self.on_finish = on_finish  # called when a held tail is taken as whole
+        self.pause = pause  # pause(True/False): stop or resume reading the writer
         self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
         self._idle = None
+        self._backlog: collections.deque = collections.deque()  # parts not yet run, in order
+        self._later = None  # the timer that runs the backlog's next share
+
+    @property
+    def busy(self) -> bool:
+        """Parts of earlier input wait to be run (reading is paused)."""
+        return bool(self._backlog)
 
     def feed(self, data: bytes, complete: bool = False) -> None:
         """``complete``: the tail of ``data`` is a whole part (FIFO reads)."""
@@ -57,30 +71,52 @@ class ControlInput:
     def cancel(self) -> None:
         self.ctx.reactor.cancel(self._idle)
         self._idle = None
+        self.ctx.reactor.cancel(self._later)
+        self._later = None
+        self._backlog.clear()
 
     def reset(self) -> None:
         self.cancel()
         self.framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
 
     def _run(self, items) -> None:
-        # The events of one read leave joined (Hub.hold), except under the
+        if items:
+            self._backlog.extend(items)
+            if self._later is None:
+                self._run_share()
+
+    def _run_share(self) -> None:
+        """Run parts for at most RUN_BUDGET seconds; the rest waits for the
+        next loop pass, and the writer is not read meanwhile.  One write of
+        thousands of ``clientlist`` or ``tcpmetrics`` lines (each a walk
+        over every stream or descriptor) would otherwise hold the loop for
+        seconds, and every stream's next event with it."""
+        self._later = None
+        # The events of one share leave joined (Hub.hold), except under the
         # drop policy, which drops whole queued chunks and counts events.
         if self.ctx.settings.slow_client_policy == "drop":
-            self._run_items(items)
+            self._run_items()
         else:
             hub = self.ctx.hub
             hub.hold()
             try:
-                self._run_items(items)
+                self._run_items()
             finally:
                 hub.release()
         if self.replied is not None:
             self.replied()
+        if self._backlog:
+            self._later = self.ctx.reactor.call_later(0, self._run_share)
+        if self.pause is not None:
+            self.pause(bool(self._backlog))
 
-    def _run_items(self, items) -> None:
+    def _run_items(self) -> None:
         handle = self.ctx.control.handle
         can_reply = self.reply is not None
-        for item in items:
+        backlog = self._backlog
+        deadline = time.monotonic() + RUN_BUDGET
+        while backlog:
+            item = backlog.popleft()
             try:
                 answer = handle(item, self.channel, can_reply)
             except Exception as exc:
@@ -89,6 +125,9 @@ class ControlInput:
                 self.ctx.report(f"{self.channel}: internal error {exc!r}; this part dropped", exc)
                 continue
             if answer is not None and not self.reply(answer):
+                backlog.clear()
+                return
+            if time.monotonic() > deadline:
                 return
 
 
@@ -100,7 +139,8 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
-        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued)
+        self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued,
+                                  pause=self._pause)
         ctx.control_clients.add(self)
         ctx.log.debug(f"Communication connect from {peer} as <{self.fd}>")
 
@@ -120,10 +160,15 @@ class ControlClient(Connection):
 
     def on_eof(self) -> None:
         """The writer half-closed or closed: its tail is complete; answer
-        what it asked, then close."""
+        what it asked (once every part has run), then close."""
         self.input.finish()
-        if not self.closed:
+        if not (self.closed or self.closing or self.input.busy):
             self.finish_after_eof()
+
+    def _pause(self, paused: bool) -> None:
+        self.pause_reading(paused)
+        if not paused and self._eof and not (self.closed or self.closing):
+            self.finish_after_eof()  # the parts that waited have run
 
     def _reply(self, answer: bytes) -> bool:
         """Queue an answer; False once the connection is closed."""
@@ -158,8 +203,11 @@ class FifoReader:
         self.fd = fd
         self.path = path
         self.reads = PipeReads(RECV_SIZE)
-        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset)
+        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset, pause=self._pause)
         ctx.reactor.register(fd, self, READABLE)
+
+    def _pause(self, paused: bool) -> None:
+        self.ctx.reactor.modify(self.fd, 0 if paused else READABLE)
 
     def on_events(self, mask: int) -> None:
         try:
@@ -181,6 +229,7 @@ class FifoReader:
         self.ctx.report(f"FIFO {self.path}: internal error {exc!r}; input discarded", exc)
         self.input.reset()
         self.reads.reset()
+        self._pause(False)
 
     def close(self) -> None:
         self.ctx.reactor.unregister(self.fd)
