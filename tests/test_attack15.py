@@ -4,10 +4,12 @@ second round): each test is one attack on a real daemon over real sockets."""
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from support import SseClient, wait_until
 from test_hostile import Pinger, send_all
+from tls_support import open_stream, selfsigned, ssl_args
 
 
 def stream(d, subscribe) -> SseClient:
@@ -60,3 +62,33 @@ def test_a_burst_of_commands_that_walk_every_stream_does_not_stall_1000_streams(
     finally:
         for s in socks:
             s.close()
+
+
+def vm_peak_kib(pid: int, key: str = "VmHWM:") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key}")
+
+
+def test_closing_many_slow_tls_readers_does_not_encrypt_their_queues(daemon_factory, tmp_path):
+    """200 TLS streams that never read, each past its 4 MB queue: closing
+    them once sealed every queue whole (4 MB of ciphertext each, kept until
+    the pass of closes ended: 1 GB here), now at most one try's worth."""
+    cert, key = selfsigned(tmp_path)
+    d = daemon_factory(*ssl_args(cert, key), "--heartbeat", "0")
+    readers = [open_stream(d, cert, "b", rcvbuf=4096) for _ in range(200)]
+    try:
+        d.wait_clients(200)
+        before = vm_peak_kib(d.pid)
+        payload = b"b=" + b"q" * 200_000 + b"\n"
+        for _ in range(40):  # as fast as a publisher can: no waiting for answers
+            with socket.create_connection(("127.0.0.1", d.cport)) as publisher:
+                publisher.sendall(payload)
+        wait_until(lambda: d.control_json("tcpstatus")["droppedclients"] == 200, 60, what="200 slow readers closed")
+        grown_mib = (vm_peak_kib(d.pid) - before) / 1024
+        assert grown_mib < 300, grown_mib
+        assert d.alive()
+    finally:
+        for r in readers:
+            r.close()
