@@ -92,3 +92,19 @@ def test_closing_many_slow_tls_readers_does_not_encrypt_their_queues(daemon_fact
     finally:
         for r in readers:
             r.close()
+
+
+def test_a_write_of_junk_parts_is_logged_a_few_lines_not_a_line_a_part(daemon_factory):
+    """200,000 refused parts in 400 KB (``x;x;...``): 20 lines and a count,
+    not 200,000 lines; the next writer's bad part is logged as ever, and a
+    good message still arrives."""
+    d = daemon_factory(fifo=True)
+    c = d.sse("t")
+    d.wait_clients(1)
+    send_all(d.cport, b"x;" * 200_000)
+    wait_until(lambda: "199980 more refused part(s) not logged" in d.log(), 10, what="the count of the rest")
+    assert d.log().count("unknown command or message without '='") <= 25
+    assert json.loads(d.control('{"to": "t", "data": "ok", "ack": true}\n'))["ok"] is True
+    assert c.read_event()["data"] == "ok"
+    d.control("y\n")
+    d.wait_log("'y'; ignored")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from typing import Callable, List, Optional, Union
 
 from . import sse
@@ -291,6 +292,12 @@ def _show(text: str, limit: int = 80) -> str:
 # -- carrying it out -------------------------------------------------------
 
 
+#: Refused parts logged per writer (connection, FIFO) and window; the rest
+#: are counted (``ControlHandler._refused``).
+REFUSALS_PER_WINDOW = 20
+REFUSAL_WINDOW = 10.0
+
+
 class ControlHandler:
     """Runs parts against the daemon.  ``handle`` returns the reply bytes for
     a TCP writer (None when there is nothing to say); on the FIFO, ``tcp*``
@@ -309,11 +316,39 @@ class ControlHandler:
         self.history = history            # history.History: what resuming clients get
         self.client_table = client_table  # tcpclientlist's rows
         self.metrics_text = metrics_text  # tcpmetrics' text
+        self._refusals: dict = {}  # channel -> [window start, lines written, lines held back]
+
+    def _refused(self, channel: str, text: str) -> None:
+        """Log a refused part, at most REFUSALS_PER_WINDOW lines per writer
+        and window: a write of junk (``x;x;x;...``: a part every two bytes)
+        must not turn into a log sixteen times its size.  The lines held
+        back are counted in one line when the writer's next window opens."""
+        now = time.monotonic()
+        entry = self._refusals.get(channel)
+        if entry is None or now - entry[0] >= REFUSAL_WINDOW:
+            if entry is not None and entry[2]:
+                self.log.error(f"{channel}: {entry[2]} more refused part(s) not logged in {REFUSAL_WINDOW:g} s")
+            if len(self._refusals) >= 256 and entry is None:
+                self._refusals.clear()  # many writers: forget old windows, never grow
+            entry = self._refusals[channel] = [now, 0, 0]
+        if entry[1] < REFUSALS_PER_WINDOW:
+            entry[1] += 1
+            self.log.error(f"{channel}: {text}")
+            if entry[1] == REFUSALS_PER_WINDOW:
+                self.log.error(f"{channel}: more refused parts in the next {REFUSAL_WINDOW:g} s are only counted")
+        else:
+            entry[2] += 1
+
+    def writer_gone(self, channel: str) -> None:
+        """A writer closed: say how many of its refused parts went unlogged."""
+        entry = self._refusals.pop(channel, None)
+        if entry is not None and entry[2]:
+            self.log.error(f"{channel}: {entry[2]} more refused part(s) not logged")
 
     def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
         if isinstance(item, Oversize):
             reason = f"part of {item.size} bytes over the limit of {self.settings.max_part_bytes}"
-            self.log.error(f"{channel}: {reason}, dropped")
+            self._refused(channel, f"{reason}, dropped")
             # A JSON publisher may be waiting for its acknowledgement: like
             # any malformed object, it gets an answer with the reason.
             if item.json and can_reply:
@@ -325,7 +360,7 @@ class ControlHandler:
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
             return self._message(parsed, channel, can_reply)
-        self.log.error(f"{channel}: {parsed.reason}; ignored")
+        self._refused(channel, f"{parsed.reason}; ignored")
         if parsed.is_json and can_reply:
             return _json_line({"ok": False, "error": parsed.reason})
         return None

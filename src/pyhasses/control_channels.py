@@ -184,6 +184,7 @@ class ControlClient(Connection):
 
     def on_closed(self, reason: str, quiet: bool) -> None:
         self.input.cancel()
+        self.ctx.control.writer_gone(self.input.channel)
         self.ctx.control_clients.discard(self)
         if quiet:  # the writer's own close, the usual end
             self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
