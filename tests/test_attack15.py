@@ -3,6 +3,7 @@ second round): each test is one attack on a real daemon over real sockets."""
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -108,3 +109,29 @@ def test_a_write_of_junk_parts_is_logged_a_few_lines_not_a_line_a_part(daemon_fa
     assert c.read_event()["data"] == "ok"
     d.control("y\n")
     d.wait_log("'y'; ignored")
+
+
+def test_ten_writers_of_clientlist_bursts_do_not_stall_600_streams(daemon_factory):
+    """The budget of a loop pass is shared by every control writer, who take
+    turns: ten connections at once cost the streams no more than one."""
+    d = daemon_factory("--heartbeat", "0")
+    socks = []
+    try:
+        for n in range(600):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            s.sendall(f"GET /sse?subscribe=idle{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
+            socks.append(s)
+        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 600, 30, what="600 streams")
+        with Pinger(d) as pinger:
+            time.sleep(0.3)
+            writers = [threading.Thread(target=send_all, args=(d.cport, b"clientlist\n" * 15)) for _ in range(10)]
+            for w in writers:
+                w.start()
+            for w in writers:
+                w.join(60)
+            time.sleep(0.5)
+        assert pinger.worst() < 0.5, pinger.worst()
+        wait_until(lambda: d.log().count("requested client list") == 150, 10, what="every clientlist logged")
+    finally:
+        for s in socks:
+            s.close()

@@ -3,12 +3,14 @@ and what both do with the bytes publishers write.
 
 Owns: framing a writer's bytes into parts (through ``control.Framer``), the
 idle flush of an unterminated tail, running each part through the control
-handler, and sending a TCP writer's replies after the fan-out they answer.
+handler (within a budget per loop pass that the writers share in turn:
+``ControlTurns``), and sending a TCP writer's replies after the fan-out
+they answer.
 Must not touch: what a command means (``control``), routing (``hub``).
 The socket calls are ``connections.Connection``'s; the FIFO's ``os.read``
 is here.  ``ctx`` is a ``connections.Wiring`` with ``control`` (the
-``ControlHandler``) and ``control_clients`` (the set of open connections)
-besides the usual.
+``ControlHandler``), ``control_clients`` (the set of open connections)
+and ``control_turns`` besides the usual.
 """
 
 from __future__ import annotations
@@ -22,9 +24,65 @@ from .connections import RECV_SIZE, RETRY, Connection
 from .control import Framer, PipeReads
 from .reactor import READABLE
 
-#: Seconds of one loop pass that one writer's parts may take; the rest of
-#: its input waits for the next pass (and in the kernel, unread).
+#: Seconds of one loop pass that the control writers' parts may take
+#: together; what is left waits for the next passes (and in the kernel,
+#: unread), the writers taking turns.
 RUN_BUDGET = 0.02
+
+
+class ControlTurns:
+    """The control writers' share of each loop pass.  One write of thousands
+    of ``clientlist`` or ``tcpmetrics`` lines (each a walk over every stream
+    or descriptor) would otherwise hold the loop for seconds, and every
+    stream's next event with it; ten such writers, ten times as long.  So
+    the parts of all writers run for at most RUN_BUDGET per pass, and the
+    writers whose parts wait are served in turn on the following passes."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self._waiting: collections.deque = collections.deque()  # ControlInputs, in turn
+        self._timer = None
+        self._pass = -1
+        self._deadline = 0.0
+
+    def deadline(self) -> float:
+        """When this pass's budget ends (set by the first to ask in a pass)."""
+        if self.reactor.passes != self._pass:
+            self._pass = self.reactor.passes
+            self._deadline = time.monotonic() + RUN_BUDGET
+        return self._deadline
+
+    def run_or_queue(self, writer) -> None:
+        """Run ``writer``'s parts now if this pass has time left, else queue it."""
+        if time.monotonic() < self.deadline():
+            writer.run_share(self._deadline)
+        if writer.busy:
+            # A writer that was idle goes first: a publisher's one message
+            # must not wait behind every turn of those with long backlogs.
+            self._queue(writer)
+
+    def _queue(self, writer) -> None:
+        writer.pause(True)
+        self._waiting.appendleft(writer)
+        if self._timer is None:
+            self._timer = self.reactor.call_later(0, self._run)
+
+    def _run(self) -> None:
+        self._timer = None
+        deadline = self.deadline()
+        waiting = self._waiting
+        for _ in range(len(waiting)):
+            writer = waiting.popleft()
+            if writer.busy:  # not cancelled meanwhile
+                writer.run_share(deadline)
+                if writer.busy:
+                    waiting.append(writer)  # the back of the line
+                else:
+                    writer.pause(False)
+            if time.monotonic() >= deadline:
+                break  # at least one writer ran
+        if waiting:
+            self._timer = self.reactor.call_later(0, self._run)
 
 
 class ControlInput:
@@ -38,16 +96,19 @@ class ControlInput:
         self.reply = reply
         self.replied = replied  # called after each run of parts, their events queued
         self.on_finish = on_finish  # called when a held tail is taken as whole
-        self.pause = pause  # pause(True/False): stop or resume reading the writer
+        self._pause = pause  # pause(True/False): stop or resume reading the writer
         self.framer = Framer(ctx.settings.separator.encode(), ctx.settings.max_part_bytes)
         self._idle = None
         self._backlog: collections.deque = collections.deque()  # parts not yet run, in order
-        self._later = None  # the timer that runs the backlog's next share
 
     @property
     def busy(self) -> bool:
-        """Parts of earlier input wait to be run (reading is paused)."""
+        """Parts wait for their turn (ControlTurns); reading is paused."""
         return bool(self._backlog)
+
+    def pause(self, paused: bool) -> None:
+        if self._pause is not None:
+            self._pause(paused)
 
     def feed(self, data: bytes, complete: bool = False) -> None:
         """``complete``: the tail of ``data`` is a whole part (FIFO reads)."""
@@ -71,9 +132,7 @@ class ControlInput:
     def cancel(self) -> None:
         self.ctx.reactor.cancel(self._idle)
         self._idle = None
-        self.ctx.reactor.cancel(self._later)
-        self._later = None
-        self._backlog.clear()
+        self._backlog.clear()  # ControlTurns drops a writer with nothing to run
 
     def reset(self) -> None:
         self.cancel()
@@ -81,40 +140,31 @@ class ControlInput:
 
     def _run(self, items) -> None:
         if items:
+            was_busy = self.busy
             self._backlog.extend(items)
-            if self._later is None:
-                self._run_share()
+            if not was_busy:  # else its turn comes (ControlTurns)
+                self.ctx.control_turns.run_or_queue(self)
 
-    def _run_share(self) -> None:
-        """Run parts for at most RUN_BUDGET seconds; the rest waits for the
-        next loop pass, and the writer is not read meanwhile.  One write of
-        thousands of ``clientlist`` or ``tcpmetrics`` lines (each a walk
-        over every stream or descriptor) would otherwise hold the loop for
-        seconds, and every stream's next event with it."""
-        self._later = None
+    def run_share(self, deadline: float) -> None:
+        """Run parts until ``deadline`` (at least one); ControlTurns calls."""
         # The events of one share leave joined (Hub.hold), except under the
         # drop policy, which drops whole queued chunks and counts events.
         if self.ctx.settings.slow_client_policy == "drop":
-            self._run_items()
+            self._run_items(deadline)
         else:
             hub = self.ctx.hub
             hub.hold()
             try:
-                self._run_items()
+                self._run_items(deadline)
             finally:
                 hub.release()
         if self.replied is not None:
             self.replied()
-        if self._backlog:
-            self._later = self.ctx.reactor.call_later(0, self._run_share)
-        if self.pause is not None:
-            self.pause(bool(self._backlog))
 
-    def _run_items(self) -> None:
+    def _run_items(self, deadline: float) -> None:
         handle = self.ctx.control.handle
         can_reply = self.reply is not None
         backlog = self._backlog
-        deadline = time.monotonic() + RUN_BUDGET
         while backlog:
             item = backlog.popleft()
             try:

@@ -23,7 +23,7 @@ from typing import List, Optional
 from . import __version__, delivery, fifo, http, metrics, tls
 from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import ControlHandler
-from .control_channels import ControlClient, FifoReader
+from .control_channels import ControlClient, ControlTurns, FifoReader
 from .daemonize import detach, drop_privileges
 from .errors import ErrorReport, StartError
 from .flushqueue import FlushQueue
@@ -262,7 +262,8 @@ class Daemon:
         history = self.history
         rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest)
         self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume)
-        self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients)
+        self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients,
+                                     control_turns=ControlTurns(self.reactor))
 
     def _addresses(self, sse_socks, control_socks, metrics_socks) -> str:
         """Every address the daemon takes input on, for the start-up log."""
