@@ -135,3 +135,29 @@ def test_ten_writers_of_clientlist_bursts_do_not_stall_600_streams(daemon_factor
     finally:
         for s in socks:
             s.close()
+
+
+def test_prefix_messages_cost_what_they_match_not_every_token_that_streams_asked_for(daemon_factory):
+    """300 streams ask for 2,000 tokens each (600,000 tokens, within the
+    head limit); a PREFIX* message that matches one stream's tokens used to
+    scan all of them (0.2 s a message), it now bisects."""
+    d = daemon_factory("--heartbeat", "0")
+    socks = []
+    try:
+        for n in range(300):
+            tokens = "-".join(f"k{n}x{j}" for j in range(2000))
+            s = socket.create_connection(("127.0.0.1", d.port))
+            s.sendall(f"GET /sse?subscribe={tokens} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
+            socks.append(s)
+        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 300, 30, what="300 streams")
+        c = d.sse("k7x5")
+        d.wait_clients(301)
+        started = time.monotonic()
+        acks = send_all(d.cport, b'{"to": "k7x*", "data": "x", "ack": true}\n' * 100).splitlines()
+        took = time.monotonic() - started
+        assert [json.loads(a)["delivered"] for a in acks] == [2] * 100
+        assert took < 5, took
+        assert len(c.read_events(100)) == 100
+    finally:
+        for s in socks:
+            s.close()

@@ -146,3 +146,34 @@ def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
             assert names(h.recipients(parse_target(word + "*", 128))) == expect, (step, word)
             assert h.subscribed_count(word) == sum(word in ts for ts in model.values())
     assert {token for token, _ in h._by_token.items()} <= set(words)
+
+
+def test_a_prefix_finds_tokens_added_and_skips_tokens_gone_across_merges():
+    """PREFIX* by bisection (TokenIndex.add_starting_with): the same
+    recipients as a scan, whatever came and went since the sorted list was
+    built."""
+    from pyhasses.hub import TokenIndex
+
+    def starting_with(index, prefix):
+        found = set()
+        index.add_starting_with(prefix, found)
+        return found
+
+    index = TokenIndex()
+    limit = TokenIndex.FRESH_LIMIT
+    clients = [HubClient(f"c{n}") for n in range(3)]
+    index.add("news1", clients[0])
+    assert starting_with(index, "news") == {clients[0]}  # builds the sorted list
+    for n in range(limit + 10):  # past the limit: merged into the sorted list
+        index.add(f"news/{n}", clients[1])
+    index.add("news/x", clients[2])
+    index.add("other", clients[2])
+    index.discard("news1", clients[0])
+    for n in range(limit + 10):  # churn: gone and back, the list does not grow
+        index.discard("news/7", clients[1])
+        index.add("news/7", clients[1])
+    assert starting_with(index, "news") == {clients[1], clients[2]}
+    assert starting_with(index, "news/7") == {clients[1]}
+    assert starting_with(index, "oth") == {clients[2]}
+    assert starting_with(index, "nope") == set()
+    assert len(index._up_to_date()) <= limit + 14

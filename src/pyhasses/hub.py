@@ -7,8 +7,8 @@ any object with the attributes of ``Subscriber`` and a ``deliver(bytes)``
 method that queues without sending or closing synchronously.
 
 Cost: an exact token costs its recipients and nothing else (hasses scanned
-every client for every message); ``PREFIX*`` costs the number of distinct
-tokens plus its recipients.
+every client for every message); ``PREFIX*`` costs a bisection in the sorted
+distinct tokens plus its recipients.
 """
 
 from __future__ import annotations
@@ -105,6 +105,14 @@ class Counters:
 
 
 _NOBODY = ()
+#: Tokens gone from the sorted prefix list, as a share of it, before it is
+#: filtered (TokenIndex._up_to_date).
+FRESH_GONE_SHARE = 0.5
+
+
+def _holds(ordered: list, token: str) -> bool:
+    at = bisect.bisect_left(ordered, token)
+    return at < len(ordered) and ordered[at] == token
 
 
 class TokenIndex:
@@ -113,16 +121,28 @@ class TokenIndex:
     most tokens (a user's own) have one subscriber (issue 6: memory per idle
     stream).  That choice is known here and nowhere else."""
 
-    __slots__ = ("_by_token",)
+    __slots__ = ("_by_token", "_sorted", "_fresh", "_gone")
+
+    #: Tokens new since the sorted list was brought up to date that a
+    #: prefix query may scan one by one before they are merged in.
+    FRESH_LIMIT = 4096
 
     def __init__(self):
         self._by_token: dict = {}
+        # For PREFIX* (``starting_with``), built at the first such query:
+        # every token in order (some perhaps gone since), the tokens added
+        # since, and how many went.
+        self._sorted = None
+        self._fresh: dict = {}
+        self._gone = 0
 
     def add(self, token: str, client) -> None:
         by_token = self._by_token
         members = by_token.get(token)
         if members is None:
             by_token[token] = client
+            if self._sorted is not None:
+                self._fresh[token] = None
         elif type(members) is dict:
             members[client] = None
         else:
@@ -133,6 +153,8 @@ class TokenIndex:
         members = by_token.get(token)
         if members is client:
             del by_token[token]
+            if self._sorted is not None:
+                self._gone += 1
         elif type(members) is dict:
             members.pop(client, None)
             if len(members) == 1:
@@ -152,6 +174,47 @@ class TokenIndex:
         """``(token, members)`` for every token, members as ``members`` gives them."""
         for token, members in self._by_token.items():
             yield token, members if type(members) is dict else (members,)
+
+    def add_starting_with(self, prefix: str, found: set) -> None:
+        """Add to ``found`` the subscribers of every token that starts with
+        ``prefix``, found by bisection in a sorted list of the tokens: a scan
+        of every token cost each ``PREFIX*`` message 0.2 s with the 600,000
+        tokens 300 streams may ask for, whatever the prefix matched.  Tokens
+        chosen to match the prefix still cost one step each."""
+        get = self._by_token.get
+        ordered = self._up_to_date()
+        lo = bisect.bisect_left(ordered, prefix)
+        hi = bisect.bisect_right(ordered, prefix + "\U0010ffff", lo)
+        for tokens in (ordered[lo:hi], [t for t in self._fresh if t.startswith(prefix)]):
+            for token in tokens:
+                members = get(token)
+                if members is None or not token.startswith(prefix):
+                    continue
+                if type(members) is dict:
+                    found.update(members)
+                else:
+                    found.add(members)
+
+    def _up_to_date(self) -> list:
+        """The sorted list, its gone tokens dropped when they are many and
+        the fresh ones merged in when they are many (a merge of two sorted
+        runs: linear, not a sort)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._by_token)
+            self._fresh.clear()
+            self._gone = 0
+            return self._sorted
+        ordered = self._sorted
+        if self._gone > FRESH_GONE_SHARE * len(ordered) + self.FRESH_LIMIT:
+            by_token = self._by_token
+            ordered = self._sorted = [t for t in ordered if t in by_token]
+            self._gone = 0
+        if len(self._fresh) > self.FRESH_LIMIT:
+            # a token that went and came back is in the list already
+            ordered += [t for t in sorted(self._fresh) if not _holds(ordered, t)]
+            ordered.sort()  # two sorted runs: merged in linear time
+            self._fresh.clear()
+        return ordered
 
 
 class Hub:
@@ -209,9 +272,7 @@ class Hub:
             found: Iterable = self.streams
         elif target.prefix:
             found = set(self._everything)
-            for token, members in self._by_token.items():
-                if token.startswith(target.token):
-                    found.update(members)
+            self._by_token.add_starting_with(target.token, found)
         else:
             members = self._by_token.members(target.token)
             everything = self._everything
