@@ -250,7 +250,7 @@ class Connection:
     # Slots keep an idle stream small (issue 6: at most 1 KB each);
     # "__dict__" keeps attributes not listed here working, at a dict's cost.
     __slots__ = ("ctx", "sock", "fd", "peer", "outbox", "closed", "closing", "_eof", "_shut",
-                 "_flush_pending", "_writing", "__dict__")
+                 "_flush_pending", "_writing", "_read_paused", "__dict__")
     kind = "connection"
 
     def __init__(self, ctx, sock: socket.socket, peer: str, queue_limit: int):
@@ -265,6 +265,7 @@ class Connection:
         self._shut = False         # our side is half-closed, lingering
         self._flush_pending = False
         self._writing = False
+        self._read_paused = False  # pause_reading(): input waits in the kernel
         ctx.reactor.register(self.fd, self, READABLE)
 
     # -- reading ------------------------------------------------------------
@@ -348,16 +349,30 @@ class Connection:
             raise
         if not done:
             self._writing = True
-            self.ctx.reactor.modify(self.fd, WRITABLE if self._eof else READABLE | WRITABLE)
+            self.ctx.reactor.modify(self.fd, self._mask())
             return
         if self._writing:
             self._writing = False
-            self.ctx.reactor.modify(self.fd, 0 if self._eof else READABLE)
+            self.ctx.reactor.modify(self.fd, self._mask())
         if self.closing:
             if self._eof:
                 self.close("done", quiet=True)
             else:
                 self._finish_close()
+
+    def _mask(self) -> int:
+        mask = WRITABLE if self._writing else 0
+        if not (self._eof or self._read_paused):
+            mask |= READABLE
+        return mask
+
+    def pause_reading(self, paused: bool) -> None:
+        """Leave the peer's input in the kernel while ``paused`` (the peer's
+        earlier input still being worked off), so that it waits in its own
+        socket buffer, not in our memory."""
+        if not self.closed and paused != self._read_paused:
+            self._read_paused = paused
+            self.ctx.reactor.modify(self.fd, self._mask())
 
     def _send(self) -> bool:
         """Hand the kernel what it takes now; True when nothing is left."""

@@ -13,6 +13,7 @@ import dataclasses
 import hmac
 import json
 import re
+import time
 from typing import Callable, List, Optional, Union
 
 from . import sse
@@ -23,9 +24,11 @@ from .hub import RoutingError, Target, parse_target
 
 @dataclasses.dataclass
 class Oversize:
-    """A part passed the limit and was dropped; the next one is unharmed."""
+    """A part passed the limit and was dropped; the next one is unharmed.
+    ``json`` says it began with ``{``: its writer may wait for an answer."""
 
     size: int
+    json: bool = False
 
 
 class Framer:
@@ -82,7 +85,7 @@ class Framer:
                     tail = True
                 break
             if dropping is not None:
-                out.append(Oversize(self._dropped + end - pos))
+                out.append(Oversize(self._dropped + end - pos, dropping == "json"))
                 self._dropping = None
             else:
                 self._emit(bytes(buf[pos:end]), out)
@@ -96,7 +99,7 @@ class Framer:
         """End of input or an idle writer: the held tail is a whole part."""
         out: list = []
         if self._dropping is not None:
-            out.append(Oversize(self._dropped + len(self._buf)))
+            out.append(Oversize(self._dropped + len(self._buf), self._dropping == "json"))
         elif self._buf:
             self._emit(bytes(self._buf), out)
         self._buf.clear()
@@ -108,7 +111,7 @@ class Framer:
         if part.endswith(b"\r"):
             part = part[:-1]
         if len(part) > self.limit:
-            out.append(Oversize(len(part)))
+            out.append(Oversize(len(part), part[:1] == b"{"))
         elif part.strip():
             out.append(part)
 
@@ -436,6 +439,12 @@ def _show(text: str, limit: int = 80) -> str:
 # -- carrying it out -------------------------------------------------------
 
 
+#: Refused parts logged per writer (connection, FIFO) and window; the rest
+#: are counted (``ControlHandler._refused``).
+REFUSALS_PER_WINDOW = 20
+REFUSAL_WINDOW = 10.0
+
+
 class ControlHandler:
     """Runs parts against the daemon.  ``handle`` returns the reply bytes for
     a TCP writer (None when there is nothing to say); on the FIFO, ``tcp*``
@@ -456,12 +465,45 @@ class ControlHandler:
         self.metrics_text = metrics_text  # tcpmetrics' text
         self.kick = kick                  # kick(kind "id"|"token", value) -> streams closed
         self.cluster = None               # cluster.Cluster under --redis: messages go through Redis
+        self._refusals: dict = {}  # channel -> [window start, lines written, lines held back]
+
+    def _refused(self, channel: str, text: str) -> None:
+        """Log a refused part, at most REFUSALS_PER_WINDOW lines per writer
+        and window: a write of junk (``x;x;x;...``: a part every two bytes)
+        must not turn into a log sixteen times its size.  The lines held
+        back are counted in one line when the writer's next window opens."""
+        now = time.monotonic()
+        entry = self._refusals.get(channel)
+        if entry is None or now - entry[0] >= REFUSAL_WINDOW:
+            if entry is not None and entry[2]:
+                self.log.error(f"{channel}: {entry[2]} more refused part(s) not logged in {REFUSAL_WINDOW:g} s")
+            if len(self._refusals) >= 256 and entry is None:
+                self._refusals.clear()  # many writers: forget old windows, never grow
+            entry = self._refusals[channel] = [now, 0, 0]
+        if entry[1] < REFUSALS_PER_WINDOW:
+            entry[1] += 1
+            self.log.error(f"{channel}: {text}")
+            if entry[1] == REFUSALS_PER_WINDOW:
+                self.log.error(f"{channel}: more refused parts in the next {REFUSAL_WINDOW:g} s are only counted")
+        else:
+            entry[2] += 1
+
+    def writer_gone(self, channel: str) -> None:
+        """A writer closed: say how many of its refused parts went unlogged."""
+        entry = self._refusals.pop(channel, None)
+        if entry is not None and entry[2]:
+            self.log.error(f"{channel}: {entry[2]} more refused part(s) not logged")
 
     def handle(self, item, channel: str, can_reply: bool, later=None) -> Optional[bytes]:
         """``later``: where answers that come after this call go (an object
         with ``expect_answer()`` and ``late_answer(bytes)``; a cluster's acknowledgements)."""
         if isinstance(item, Oversize):
-            self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
+            reason = f"part of {item.size} bytes over the limit of {self.settings.max_part_bytes}"
+            self._refused(channel, f"{reason}, dropped")
+            # A JSON publisher may be waiting for its acknowledgement: like
+            # any malformed object, it gets an answer with the reason.
+            if item.json and can_reply:
+                return _json_line({"ok": False, "error": reason})
             return None
         parsed = interpret(item, self.settings.max_token_length, self.settings.max_message_bytes,
                            self.settings.max_except)
@@ -469,7 +511,7 @@ class ControlHandler:
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
             return self.publish(parsed, channel, can_reply, later)
-        self.log.error(f"{channel}: {parsed.reason}; ignored")
+        self._refused(channel, f"{parsed.reason}; ignored")
         if parsed.is_json and can_reply:
             return _json_line({"ok": False, "error": parsed.reason})
         return None

@@ -3,17 +3,20 @@ and what both do with the bytes publishers write.
 
 Owns: framing a writer's bytes into parts (through ``control.Framer``), the
 idle flush of an unterminated tail, running each part through the control
-handler, and sending a TCP writer's replies after the fan-out they answer.
+handler (within a budget per loop pass that the writers share in turn:
+``ControlTurns``), and sending a TCP writer's replies after the fan-out
+they answer.
 Must not touch: what a command means (``control``), routing (``hub``).
 The socket calls are ``connections.Connection``'s; the FIFO's ``os.read``
 is here.  ``ctx`` is a ``connections.Wiring`` with ``control`` (the
-``ControlHandler``), ``control_clients`` (the set of open connections) and
-``access`` (the ``control.AccessCounters`` of refused connections) besides
-the usual.
+``ControlHandler``), ``control_clients`` (the set of open connections),
+``control_turns`` and ``access`` (the ``control.AccessCounters`` of refused
+connections) besides the usual.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import struct
@@ -23,13 +26,74 @@ from .connections import RECV_SIZE, RETRY, Connection
 from .control import Framer, Gate, PipeReads, Refusal
 from .reactor import READABLE
 
+#: Seconds of one loop pass that the control writers' parts may take
+#: together; what is left waits for the next passes (and in the kernel,
+#: unread), the writers taking turns.
+RUN_BUDGET = 0.02
+
+
+class ControlTurns:
+    """The control writers' share of each loop pass.  One write of thousands
+    of ``clientlist`` or ``tcpmetrics`` lines (each a walk over every stream
+    or descriptor) would otherwise hold the loop for seconds, and every
+    stream's next event with it; ten such writers, ten times as long.  So
+    the parts of all writers run for at most RUN_BUDGET per pass, and the
+    writers whose parts wait are served in turn on the following passes."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self._waiting: collections.deque = collections.deque()  # ControlInputs, in turn
+        self._timer = None
+        self._pass = -1
+        self._deadline = 0.0
+
+    def deadline(self) -> float:
+        """When this pass's budget ends (set by the first to ask in a pass)."""
+        if self.reactor.passes != self._pass:
+            self._pass = self.reactor.passes
+            self._deadline = time.monotonic() + RUN_BUDGET
+        return self._deadline
+
+    def run_or_queue(self, writer) -> None:
+        """Run ``writer``'s parts now if this pass has time left, else queue it."""
+        if time.monotonic() < self.deadline():
+            writer.run_share(self._deadline)
+        if writer.busy:
+            # A writer that was idle goes first: a publisher's one message
+            # must not wait behind every turn of those with long backlogs.
+            self._queue(writer)
+
+    def _queue(self, writer) -> None:
+        writer.pause(True)
+        self._waiting.appendleft(writer)
+        if self._timer is None:
+            self._timer = self.reactor.call_later(0, self._run)
+
+    def _run(self) -> None:
+        self._timer = None
+        deadline = self.deadline()
+        waiting = self._waiting
+        for _ in range(len(waiting)):
+            writer = waiting.popleft()
+            if writer.busy:  # not cancelled meanwhile
+                writer.run_share(deadline)
+                if writer.busy:
+                    waiting.append(writer)  # the back of the line
+                else:
+                    writer.pause(False)
+            if time.monotonic() >= deadline:
+                break  # at least one writer ran
+        if waiting:
+            self._timer = self.reactor.call_later(0, self._run)
+
 
 class ControlInput:
     """Control bytes from one writer: framing, the idle flush of an
     unterminated tail, and running each part.  ``reply`` takes the answer
     bytes of a TCP writer; the FIFO has nobody to answer."""
 
-    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None, refused=None, secret=None):
+    def __init__(self, ctx, channel: str, reply=None, replied=None, on_finish=None, refused=None, secret=None,
+                 pause=None):
         self.ctx = ctx
         self.channel = channel
         self.reply = reply
@@ -37,8 +101,19 @@ class ControlInput:
         self.on_finish = on_finish  # called when a held tail is taken as whole
         self.refused = refused  # a socket's: called with a control.Refusal, nothing of it run
         self.secret = secret
+        self._pause = pause  # pause(True/False): stop or resume reading the writer
         self.framer = self._new_framer()
         self._idle = None
+        self._backlog: collections.deque = collections.deque()  # parts not yet run, in order
+
+    @property
+    def busy(self) -> bool:
+        """Parts wait for their turn (ControlTurns); reading is paused."""
+        return bool(self._backlog)
+
+    def pause(self, paused: bool) -> None:
+        if self._pause is not None:
+            self._pause(paused)
 
     def _new_framer(self):
         framer = Framer(self.ctx.settings.separator.encode(), self.ctx.settings.max_part_bytes)
@@ -68,6 +143,7 @@ class ControlInput:
     def cancel(self) -> None:
         self.ctx.reactor.cancel(self._idle)
         self._idle = None
+        self._backlog.clear()  # ControlTurns drops a writer with nothing to run
 
     def reset(self) -> None:
         self.cancel()
@@ -96,24 +172,34 @@ class ControlInput:
             self.cancel()
             self.refused(items[0])
             return
-        # The events of one read leave joined (Hub.hold), except under the
+        if items:
+            was_busy = self.busy
+            self._backlog.extend(items)
+            if not was_busy:  # else its turn comes (ControlTurns)
+                self.ctx.control_turns.run_or_queue(self)
+
+    def run_share(self, deadline: float) -> None:
+        """Run parts until ``deadline`` (at least one); ControlTurns calls."""
+        # The events of one share leave joined (Hub.hold), except under the
         # drop policy, which drops whole queued chunks and counts events.
         if self.ctx.settings.slow_client_policy == "drop":
-            self._run_items(items)
+            self._run_items(deadline)
         else:
             hub = self.ctx.hub
             hub.hold()
             try:
-                self._run_items(items)
+                self._run_items(deadline)
             finally:
                 hub.release()
         if self.replied is not None:
             self.replied()
 
-    def _run_items(self, items) -> None:
+    def _run_items(self, deadline: float) -> None:
         handle = self.ctx.control.handle
         can_reply = self.reply is not None
-        for item in items:
+        backlog = self._backlog
+        while backlog:
+            item = backlog.popleft()
             try:
                 answer = handle(item, self.channel, can_reply, self)
             except Exception as exc:
@@ -122,6 +208,9 @@ class ControlInput:
                 self.ctx.report(f"{self.channel}: internal error {exc!r}; this part dropped", exc)
                 continue
             if answer is not None and not self.reply(answer):
+                backlog.clear()
+                return
+            if time.monotonic() > deadline:
                 return
 
 
@@ -134,7 +223,7 @@ class ControlClient(Connection):
     def __init__(self, ctx, sock: socket.socket, peer: str, secret=None, announce: bool = False):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
         self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued,
-                                  refused=self._refused, secret=secret)
+                                  refused=self._refused, secret=secret, pause=self._pause)
         self.last_input = time.monotonic()  # the idle sweep's clock (service)
         ctx.control_clients.add(self)
         text = f"Communication connect from {peer} as <{self.fd}>"
@@ -166,20 +255,25 @@ class ControlClient(Connection):
 
     def on_eof(self) -> None:
         """The writer half-closed or closed: its tail is complete; answer
-        what it asked, then close."""
+        what it asked (once every part has run), then close."""
         self.input.finish()
-        if self.closed:
-            return
+        self._end_when_done()
+
+    def _end_when_done(self) -> None:
+        """After the writer's end of input: close once every part has run
+        (ControlTurns) and every late acknowledgement (a cluster's) is queued."""
+        if self.closed or self.closing or self.input.busy:
+            return  # _pause(False) comes back here once the parts have run
         if self.input.awaiting:
-            # Acknowledgements still to come: stop reading until they are queued.
-            self.ctx.reactor.modify(self.fd, 0)
-            self.input.on_settled = self._settled_after_eof
+            self.ctx.reactor.modify(self.fd, self._mask())  # input ended: stop reading
+            self.input.on_settled = self._end_when_done
             return
         self.finish_after_eof()
 
-    def _settled_after_eof(self) -> None:
-        if not self.closed:
-            self.finish_after_eof()
+    def _pause(self, paused: bool) -> None:
+        self.pause_reading(paused)
+        if not paused and self._eof:
+            self._end_when_done()  # the parts that waited have run
 
     def _reply(self, answer: bytes) -> bool:
         """Queue an answer; False once the connection is closed."""
@@ -195,6 +289,7 @@ class ControlClient(Connection):
 
     def on_closed(self, reason: str, quiet: bool) -> None:
         self.input.cancel()
+        self.ctx.control.writer_gone(self.input.channel)
         self.ctx.control_clients.discard(self)
         if quiet:  # the writer's own close, the usual end
             self.ctx.log.debug(f"Closed communication connection {self.peer}: {reason}")
@@ -225,8 +320,11 @@ class FifoReader:
         self.fd = fd
         self.path = path
         self.reads = PipeReads(RECV_SIZE)
-        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset)
+        self.input = ControlInput(ctx, "fifo", on_finish=self.reads.reset, pause=self._pause)
         ctx.reactor.register(fd, self, READABLE)
+
+    def _pause(self, paused: bool) -> None:
+        self.ctx.reactor.modify(self.fd, 0 if paused else READABLE)
 
     def on_events(self, mask: int) -> None:
         try:
@@ -248,6 +346,7 @@ class FifoReader:
         self.ctx.report(f"FIFO {self.path}: internal error {exc!r}; input discarded", exc)
         self.input.reset()
         self.reads.reset()
+        self._pause(False)
 
     def close(self) -> None:
         self.ctx.reactor.unregister(self.fd)

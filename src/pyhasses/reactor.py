@@ -64,6 +64,7 @@ class Reactor:
         self._signal_w = None
         self._running = False
         self._on_error = on_error
+        self.passes = 0  # loop passes so far: what "this pass" means to a per-pass budget
         # Descriptors whose input should not wait for a long sweep of sends
         # (publishers): a second epoll, asked without blocking by
         # ``input_waiting``.
@@ -160,6 +161,7 @@ class Reactor:
             self.run_once()
 
     def run_once(self) -> None:
+        self.passes += 1
         events = self._epoll.poll(self._poll_timeout(), _MAX_EVENTS)
         handlers = self._handlers
         for fd, mask in events:

@@ -26,7 +26,7 @@ from typing import List, Optional
 from . import __version__, auth, delivery, fifo, http, metrics, tls
 from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
 from .control import AccessCounters, ControlHandler
-from .control_channels import ControlClient, FifoReader, peer_credentials
+from .control_channels import ControlClient, ControlTurns, FifoReader, peer_credentials
 from .daemonize import detach, drop_privileges
 from .errors import ErrorReport, StartError
 from .flushqueue import FlushQueue
@@ -446,7 +446,7 @@ class Daemon:
         self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume, publish=self.control.publish_acked,
                                     expiry=self.expiry)
         self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients,
-                                     access=self.access)
+                                     access=self.access, control_turns=ControlTurns(self.reactor))
 
     def _addresses(self, sse_socks, control_socks, metrics_socks) -> str:
         """Every address the daemon takes input on, for the start-up log."""

@@ -274,6 +274,8 @@ class TlsSseClient(SseClient):
     kind = "TLS client"
     #: Plaintext sealed at once: one TLS record's worth (its maximum).
     SEAL_BYTES = 16384
+    #: Plaintext sealed for the one try to send at a close (``_send_once``).
+    LAST_SEAL_BYTES = 256 * 1024
 
     def __init__(self, ctx, sock: socket.socket, peer: str, context):
         self.pump = tls.TlsPump(context)
@@ -358,7 +360,13 @@ class TlsSseClient(SseClient):
         self._send_once()
 
     def _send_once(self) -> None:
-        """Seal what is queued, then close_notify, and make one try to send."""
+        """Seal the head of what is queued, then close_notify, and make one
+        try to send.  One try sends at most what the kernel takes: sealing a
+        slow reader's whole queue (4 MB each) cost a second of AES per few
+        hundred of them and held it all as ciphertext.  The rest is dropped
+        at a chunk boundary, and close_notify follows what was sealed."""
+        self._seal(self.LAST_SEAL_BYTES)
+        self.outbox.clear()
         self._seal(notify=True)
         try:
             self.wire.flush(self.sock)
@@ -384,3 +392,6 @@ class TlsSseClient(SseClient):
             except Exception as exc:  # a courtesy must never keep a socket open
                 self.ctx.report(f"{self.kind} {self.peer}: no close_notify sent: {exc!r}", exc)
         super().close(reason, quiet)
+        # A closed client may stay referenced a while (a batch of closes in
+        # one loop pass): its unsent ciphertext must not stay with it.
+        self.wire.clear()
