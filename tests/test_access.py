@@ -188,6 +188,34 @@ def test_with_a_secret_the_first_part_must_be_auth(secret_daemon):
     daemon.wait_log(r"Refused control connection .*: control secret required: wrong secret")
 
 
+def test_a_secret_sent_where_none_is_taken_never_reaches_the_log(daemon_factory, tmp_path):
+    # A second auth, the Unix socket, the FIFO, a daemon started without
+    # --control-secret-file: the part is ignored and the secret not logged,
+    # nor, when it holds a '=', published to a token "auth ...".
+    path = tmp_path / "control.secret"
+    path.write_text(SECRET + "\n")
+    sock = tmp_path / "control.sock"
+    daemon = daemon_factory(f"--control-socket={sock}", f"--control-secret-file={path}", fifo=True)
+    wait_until(lambda: _answers(str(sock)), 10, 0.05, "the control socket")
+    plain = daemon_factory()
+    stream, plain_stream = daemon.sse("*"), plain.sse("*")
+    good = f"auth {SECRET}\n".encode()
+    control_exchange(daemon.cport, good + good + b"room1=after two\n")
+    assert stream.read_event()["data"] == "after two"
+    unix_exchange(str(sock), f"auth {SECRET}\nauth a=b\nroom1=unix\n".encode())
+    assert stream.read_event()["data"] == "unix"
+    daemon.publish_fifo(f"auth {SECRET}\nroom1=fifo\n")
+    assert stream.read_event()["data"] == "fifo"
+    plain.control(f"auth {SECRET}\nauth sec=ret\nroom1=plain\n")
+    assert plain_stream.read_event()["data"] == "plain"
+    stream.expect_nothing(0.3)
+    plain_stream.expect_nothing(0.3)
+    for d in (daemon, plain):
+        d.wait_log(r"an 'auth' part where none is expected")
+        assert SECRET not in d.log() and "sec=ret" not in d.log() and "auth a" not in d.log()
+    assert status(daemon, good)["msgproccnt"] == 3 and status(plain)["msgproccnt"] == 1
+
+
 def test_the_tools_send_the_secret_from_a_file_or_the_environment(secret_daemon, tmp_path):
     daemon = secret_daemon
     stream = daemon.sse("room1")

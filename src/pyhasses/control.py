@@ -326,6 +326,9 @@ SIMPLE_COMMANDS = {
 ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:", "kick:", "kicktoken:", "tcpkick:", "tcpkicktoken:")
 
 
+#: The first part a control secret asks for (PROTOCOL.md 9).
+STRAY_AUTH = "auth "
+
 #: ``except`` ids one JSON message may carry, unless ``--max-except`` says.
 DEFAULT_MAX_EXCEPT = 256
 
@@ -335,6 +338,13 @@ def interpret(part: bytes, max_token_length: int, max_message_bytes: int,
     text = part.decode("utf-8", "surrogateescape")
     if text.startswith("{"):
         return _interpret_json(text, max_token_length, max_message_bytes, max_except)
+    if text.startswith(STRAY_AUTH):
+        # The gate takes a good first ``auth`` where a secret is configured;
+        # any other one (a second one, the Unix socket, the FIFO, a daemon
+        # started without the secret) still holds a secret: never shown in
+        # the log, never taken for a message to a token "auth ..." when the
+        # secret holds a '='.
+        return Invalid("an 'auth' part where none is expected (not shown: it holds a secret)")
     token, eq, data = text.partition("=")
     if eq and not token.lstrip().startswith(ARG_COMMANDS):
         # TOKEN=MESSAGE, by far the most common part: no command has a '='
