@@ -7,6 +7,7 @@ tools' side (pyhasses-ctl, pyhasses.publish)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import ssl
@@ -338,6 +339,45 @@ def test_control_connections_have_a_cap(daemon_factory):
             s.close()
     reply = wait_until(lambda: _status_when_free(daemon), 5, what="a free control slot")
     assert reply["controlrefused"] >= 1 and reply["msgproccnt"] == 0
+
+
+def test_silent_connections_on_the_port_lock_out_no_publisher(daemon_factory, tmp_path):
+    # Anyone on the host may fill the TCP port's slots with silent
+    # connections; the Unix socket keeps its own, and under a secret those
+    # without it give way to a publisher that has it.
+    secret = tmp_path / "control.secret"
+    secret.write_text(SECRET + "\n")
+    sock = tmp_path / "control.sock"
+    daemon = daemon_factory("--max-control-clients=3", f"--control-socket={sock}",
+                            f"--control-secret-file={secret}")
+    wait_until(lambda: _answers(str(sock)), 10, 0.05, "the control socket")
+    stream = daemon.sse("room1")
+    good = f"auth {SECRET}\n".encode()
+    silent = [socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) for _ in range(6)]
+    try:
+        wait_until(lambda: len(re.findall(r"no secret yet", daemon.log())) >= 3, 5, what="room made")
+        assert b'"numberofclients"' in unix_exchange(str(sock), b"tcpnumberofclients\n")
+        assert control_exchange(daemon.cport, good + b"room1=with the secret\n") == b""
+        assert stream.read_event()["data"] == "with the secret"
+        # Those with the secret are never closed to make room: a full port of
+        # them refuses the next connection instead.
+        authed = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", daemon.cport), timeout=5)
+            s.sendall(good + b"tcpnumberofclients\n")
+            assert s.recv(100).startswith(b'{"numberofclients"')
+            authed.append(s)
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as extra:
+            extra.sendall(good + b"room1=refused\n")
+            assert read_to_close(extra, 5) == b""
+        for s in authed:
+            s.sendall(b"room1=still open\n")
+            assert stream.read_event()["data"] == "still open"
+            s.close()
+        stream.expect_nothing(0.3)
+    finally:
+        for s in silent:
+            s.close()
 
 
 def _status_when_free(daemon):

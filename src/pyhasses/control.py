@@ -214,6 +214,11 @@ class Gate:
     def pending(self) -> int:
         return self.framer.pending + (len(self._first) if self._first is not None else 0)
 
+    @property
+    def awaiting_secret(self) -> bool:
+        """A secret is asked for and has not come yet."""
+        return self._expected is not None and self.refused is None
+
     def feed(self, data: bytes) -> list:
         if self.refused is not None:
             return []

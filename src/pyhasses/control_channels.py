@@ -115,9 +115,11 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str, secret=None, announce: bool = False):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
+        self.on_unix_socket = announce  # its own pool under --max-control-clients (service)
         self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued,
                                   refused=self._refused, secret=secret)
         self.last_input = time.monotonic()  # the idle sweep's clock (service)
+        self.connected_at = self.last_input  # the oldest without the secret makes room (service)
         ctx.control_clients.add(self)
         text = f"Communication connect from {peer} as <{self.fd}>"
         if announce:
@@ -128,6 +130,12 @@ class ControlClient(Connection):
     def on_data(self, data: bytes) -> None:
         self.last_input = time.monotonic()
         self.input.feed(data)
+
+    @property
+    def awaiting_secret(self) -> bool:
+        """Connected to the TCP port under --control-secret-file, and has
+        not sent the secret yet."""
+        return getattr(self.input.framer, "awaiting_secret", False)
 
     def _refused(self, refusal: Refusal) -> None:
         """Another protocol, or no secret: closed at once, nothing run."""
