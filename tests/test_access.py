@@ -66,6 +66,24 @@ def curl(*args):
     return subprocess.run(["curl", "-s", "-m", "5", "--noproxy", "*", *args], capture_output=True, timeout=20)
 
 
+def test_a_request_line_paused_after_its_method_runs_nothing(daemon_factory):
+    # The idle flush took "GET" for a whole part, and the rest of the line
+    # ran as parts: room1 received "x HTTP/1.1".
+    daemon = daemon_factory("--idle-flush=0.1")
+    stream = daemon.sse("room1")
+    for first, rest in ((b"GET", b" /;room1=x HTTP/1.1\r\n\r\n"), (b"po", b"st /;room1=y\r\n")):
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+            s.sendall(first)
+            time.sleep(0.4)  # several idle flushes long
+            s.sendall(rest)
+            assert read_to_close(s, 5) == b""
+    assert_nothing_published(daemon, stream)
+    assert status(daemon)["crossprotocol"] == 2
+    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+        s.sendall(b"tcpnumberofclients")  # no terminator, connection kept: runs at the pause
+        assert s.recv(100).startswith(b'{"numberofclients"')
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl is not installed")
 def test_curl_get_and_post_to_the_control_port_run_nothing(daemon_factory):
     daemon = daemon_factory()

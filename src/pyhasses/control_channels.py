@@ -56,14 +56,16 @@ class ControlInput:
         reactor.cancel(self._idle)
         self._idle = None
         if self.framer.pending:
-            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish)
+            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish, True)
 
-    def finish(self) -> None:
-        """End of input, or the writer went idle: the tail is a whole part."""
+    def finish(self, idle: bool = False) -> None:
+        """End of input, or (``idle``) the writer went idle: the tail is a
+        whole part (a socket's gate may still hold the start of a request
+        line at a pause)."""
         self.cancel()
         if self.on_finish is not None:
             self.on_finish()
-        self._run(self.framer.finish())
+        self._run(self.framer.finish(idle) if isinstance(self.framer, Gate) else self.framer.finish())
 
     def cancel(self) -> None:
         self.ctx.reactor.cancel(self._idle)
