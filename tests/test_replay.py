@@ -164,3 +164,71 @@ def test_live_traffic_that_outruns_the_replay_ends_it_with_a_reset():
     raw = s.sent()
     assert b"event: reset" in raw
     assert datas(raw).count(big) == 7
+
+
+class ClusterLikeIds:
+    """Ids as a cluster node has them: keys are the ids, and another node
+    may have given out ids this node has not read yet."""
+
+    def __init__(self):
+        self.last_key = 0
+
+    @property
+    def last_text(self):
+        return str(self.last_key)
+
+    def key_of(self, text):
+        return int(text) if text and text.isdigit() else None
+
+    def next_id(self):
+        self.last_key += 1
+        return str(self.last_key), self.last_key
+
+
+def lagging_node():
+    d = Daemon()
+    d.ids = d.replayer.ids = ClusterLikeIds()
+    d.replayer.ahead_wait = 3.0
+    timers = []
+    loop = d.loop
+    loop.call_later = lambda delay, cb, *args: (timers.append((cb, args)) if delay else loop.later.append((cb, args)))
+    return d, timers
+
+
+def test_a_resume_ahead_of_this_node_waits_then_gets_exactly_what_follows_the_id():
+    d, timers = lagging_node()
+    d.publish("t", "one")
+    d.publish("t", "two")
+    s = d.stream("t")
+    assert d.replayer.start(s, "4").kind == delivery.AHEAD  # 3 and 4 not read here yet
+    d.loop.run_pass()
+    assert s.sent() == b"" and len(timers) == 1
+    d.publish("t", "three")  # this node reads on: not yet at the id
+    d.replayer.caught_up()
+    d.loop.run_pass()
+    assert s.sent() == b"" and d.replayer.waiting
+    d.publish("t", "four")
+    d.publish("t", "five")
+    d.replayer.caught_up()  # past the id now: what follows it, from the history
+    d.publish("t", "six")  # live, behind the catch-up
+    d.loop.run_pass()
+    assert s.sent() == encode_event("5", "five") + encode_event("6", "six")
+    cb, args = timers.pop()
+    cb(*args)  # the time limit passes after the wait ended: nothing happens
+    d.publish("t", "seven")
+    assert s.sent() == encode_event("7", "seven") and d.hub.counters.resets == 0
+
+
+def test_a_resume_ahead_of_this_node_that_is_not_reached_in_time_gets_a_reset():
+    d, timers = lagging_node()
+    d.publish("t", "one")
+    s = d.stream("t")
+    d.replayer.start(s, "9")
+    d.publish("t", "two")  # dropped while waiting: the reset below says reload
+    cb, args = timers.pop()
+    cb(*args)
+    sent = s.sent()
+    assert sent.startswith(delivery.reset_event(d.history.oldest, "unknown-id", event_id="2"))
+    assert s.replay is None and not d.replayer.waiting and d.hub.counters.resets == 1
+    d.publish("t", "three")
+    assert s.sent() == encode_event("3", "three")

@@ -189,6 +189,15 @@ OPTIONS = (
            "open control connections allowed at once on the TCP port, and as many on the Unix socket (default 256)", parse_count),
     Option((), "--control-idle-timeout", "control_idle_timeout", "SECONDS",
            "close a control connection silent this long (default 300; 0: never)", parse_seconds_or_off),
+    # -- cluster on Redis (issue 13) --
+    Option((), "--redis", "redis", "URL",
+           "join a cluster through Redis: redis://[user:password@]host:port/db or unix:///path"),
+    Option((), "--redis-prefix", "redis_prefix", "WORD", "prefix of the Redis keys (default pyhasses)"),
+    Option((), "--redis-spool", "redis_spool", "N",
+           "publishes kept in order while Redis is away; past it they are refused (default 10000)",
+           parse_count),
+    Option((), "--reuse-port", "reuse_port", None,
+           "share the SSE port with other nodes on this host (SO_REUSEPORT)"),
 
     # -- end of options --
 )

@@ -491,8 +491,11 @@ class ControlHandler:
         self.client_table = client_table  # tcpclientlist's rows
         self.metrics_text = metrics_text  # tcpmetrics' text
         self.kick = kick                  # kick(kind "id"|"token", value) -> streams closed
+        self.cluster = None               # cluster.Cluster under --redis: messages go through Redis
 
-    def handle(self, item, channel: str, can_reply: bool) -> Optional[bytes]:
+    def handle(self, item, channel: str, can_reply: bool, later=None) -> Optional[bytes]:
+        """``later``: where answers that come after this call go (an object
+        with ``expect_answer()`` and ``late_answer(bytes)``; a cluster's acknowledgements)."""
         if isinstance(item, Oversize):
             self.log.error(f"{channel}: part of {item.size} bytes over the limit of {self.settings.max_part_bytes}, dropped")
             return None
@@ -501,11 +504,28 @@ class ControlHandler:
         if isinstance(parsed, Command):
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):
-            return self._message(parsed, channel, can_reply)
+            return self.publish(parsed, channel, can_reply, later)
         self.log.error(f"{channel}: {parsed.reason}; ignored")
         if parsed.is_json and can_reply:
             return _json_line({"ok": False, "error": parsed.reason})
         return None
+
+    def publish(self, msg: Message, channel: str, can_reply: bool, later=None) -> Optional[bytes]:
+        """The one entry for an accepted message, whichever channel took it
+        in (control port, FIFO, Unix socket, an HTTP publisher): on one
+        node it is delivered now; on a cluster it goes to Redis and is
+        delivered when read back.  ``channel`` names the publisher in logs.
+
+        The acknowledgement (``msg.ack`` and ``can_reply``): on one node the
+        return value; on a cluster it comes later, through ``later``
+        (``expect_answer()`` is called now, ``late_answer(bytes)`` once the
+        message was read back or refused), and the return value is None
+        unless the message is refused at once (``{"ok": false, ...}``, Redis
+        away and the spool full).  A publisher that must answer every
+        message (HTTP) sets ``ack`` and passes a ``later``."""
+        if self.cluster is not None:
+            return self.cluster.publish(msg, later, channel, can_reply)
+        return self._message(msg, channel, can_reply)
 
     def _message(self, msg: Message, channel: str, can_reply: bool) -> Optional[bytes]:
         event_id, key = self.ids.next_id()
@@ -519,10 +539,12 @@ class ControlHandler:
             return _json_line({"ok": True, "id": event_id, "delivered": delivered})
         return None
 
-    def publish(self, msg: Message, channel: str) -> bytes:
+    def publish_acked(self, msg: Message, channel: str, later) -> Optional[bytes]:
         """An HTTP publish (PROTOCOL.md 9): the same path as a control
-        channel's message (id, fan-out, history, counters), acknowledged."""
-        return self._message(dataclasses.replace(msg, ack=True), channel, True)
+        channel's message (id, fan-out, history, counters, the cluster),
+        always acknowledged: the acknowledgement is returned on one node,
+        and goes to ``later`` on a cluster (see ``publish``)."""
+        return self.publish(dataclasses.replace(msg, ack=True), channel, True, later)
 
     def _command(self, cmd: Command, channel: str, can_reply: bool) -> Optional[bytes]:
         log, hub, runtime = self.log, self.hub, self.runtime
@@ -569,6 +591,8 @@ class ControlHandler:
             reply = {"kicked": self._kick(cmd.name[3:], cmd.arg, channel)}
         elif cmd.name == "tcpnumberofclients":
             reply = {"numberofclients": len(self.hub.clients)}
+            if self.cluster is not None:
+                reply["clusternumberofclients"] = self.cluster.status()["clusterclients"]
         else:  # tcpsubscribedclients
             reply = {"subscribedclients": self.hub.subscribed_count(cmd.arg), "subscribedfor": cmd.arg}
         if not can_reply:

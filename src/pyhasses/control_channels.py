@@ -75,6 +75,24 @@ class ControlInput:
         self.cancel()
         self.framer = self._new_framer()
 
+    # Answers that come after their part was run (a cluster's
+    # acknowledgement, once Redis gave the message back): ``expect_answer`` when
+    # one is promised, ``late_answer`` when it comes; the writer's end of input
+    # waits for them (``on_settled``).
+    awaiting = 0
+    on_settled = None
+
+    def expect_answer(self) -> None:
+        self.awaiting += 1
+
+    def late_answer(self, answer: bytes) -> None:
+        self.awaiting -= 1
+        if self.reply is not None and self.reply(answer) and self.replied is not None:
+            self.replied()
+        if not self.awaiting and self.on_settled is not None:
+            settled, self.on_settled = self.on_settled, None
+            settled()
+
     def _run(self, items) -> None:
         if items and isinstance(items[0], Refusal):
             self.cancel()
@@ -99,7 +117,7 @@ class ControlInput:
         can_reply = self.reply is not None
         for item in items:
             try:
-                answer = handle(item, self.channel, can_reply)
+                answer = handle(item, self.channel, can_reply, self)
             except Exception as exc:
                 # A bug met by one part must not cost the parts after it
                 # (on the FIFO: other publishers' messages).
@@ -160,6 +178,16 @@ class ControlClient(Connection):
         """The writer half-closed or closed: its tail is complete; answer
         what it asked, then close."""
         self.input.finish()
+        if self.closed:
+            return
+        if self.input.awaiting:
+            # Acknowledgements still to come: stop reading until they are queued.
+            self.ctx.reactor.modify(self.fd, 0)
+            self.input.on_settled = self._settled_after_eof
+            return
+        self.finish_after_eof()
+
+    def _settled_after_eof(self) -> None:
         if not self.closed:
             self.finish_after_eof()
 

@@ -19,6 +19,12 @@ from before a restart, then every held event follows, or not an id at all,
 then live events only) or ``dropped`` (the client read
 too slowly, or what it missed did not fit its write queue, and its oldest
 events were dropped; ``dropped`` then says how many).
+
+On a cluster a Last-Event-ID may be newer than anything this node has read
+(it lags the node that served the client): the stream then waits, with
+nothing sent, until the node has read that far (``Replayer.caught_up``),
+and catches up from the history like any resume; not reached in time, or
+beyond what Redis holds, it gets a reset as an unknown id.
 """
 
 from __future__ import annotations
@@ -77,6 +83,9 @@ def retry_after(base_ms: int, rng: random.Random = random) -> int:
 #: held events held every stream for 1.3 s when each was done at once).
 #: About a millisecond of work.
 REPLAY_BUDGET = 2048
+#: Resume outcome of an id this node has not read yet (a cluster node that
+#: lags the node that served the client): the stream waits for it.
+AHEAD = "ahead"
 
 
 class Replay:
@@ -92,7 +101,7 @@ class Replay:
     replay reaches them are reported by a ``dropped`` reset."""
 
     __slots__ = ("client", "hub", "history", "reaches", "cursor", "upto", "reset_sent", "missed",
-                 "missed_bytes", "skipped", "lost", "live", "live_bytes", "done")
+                 "missed_bytes", "skipped", "lost", "live", "live_bytes", "done", "waiting")
 
     def __init__(self, client, hub, history: History, after, upto, reset_sent: bool):
         self.client = client
@@ -109,6 +118,10 @@ class Replay:
         self.live: list = []
         self.live_bytes = 0
         self.done = False
+        #: Waiting for this node to read up to ``cursor`` (Replayer.wait):
+        #: live events until then are at most the client's id, or in the
+        #: history by the time the wait ends, so they are not kept.
+        self.waiting = False
 
     def _room(self) -> int:
         client = self.client
@@ -116,6 +129,8 @@ class Replay:
 
     def hold(self, data: bytes) -> None:
         """A live event for the client while it catches up."""
+        if self.waiting:
+            return
         self.live.append(data)
         self.live_bytes += len(data)
         if self.live_bytes + len(self.client.outbox) > self.client.outbox.limit:
@@ -198,6 +213,14 @@ class Replayer:
         self.ids = ids          # sse.EventIds, or a cluster's equivalent
         self._active: collections.deque = collections.deque()
         self._scheduled = False
+        #: Seconds a resume may wait for an id newer than any this node has
+        #: (0: such an id is unknown).  A cluster node sets it: an id another
+        #: node gave out may be ahead of this node's reading.
+        self.ahead_wait = 0.0
+        #: Called with (replay, key) when a wait begins; may end it at once
+        #: with ``give_up`` (the id is beyond anything Redis holds).
+        self.ahead_check: Optional[Callable] = None
+        self.waiting: list = []  # Replay objects waiting for this node to read their id
 
     def __len__(self) -> int:
         return len(self._active)
@@ -209,7 +232,10 @@ class Replayer:
         ones."""
         ids, history = self.ids, self.history
         last_key = ids.last_key
-        resume = history.since(ids.key_of(last_id), last_key, other_run=looks_like_event_id(last_id))
+        key = ids.key_of(last_id)
+        if key is not None and key > last_key and self.ahead_wait > 0:
+            return self._wait(client, key)
+        resume = history.since(key, last_key, other_run=looks_like_event_id(last_id))
         if resume.needs_reset:
             # After an id that is not of this run and nothing replayed, the
             # browser's next reconnect asks from the newest id of this one.
@@ -220,11 +246,65 @@ class Replayer:
             return resume
         replay = Replay(client, self.hub, history, resume.after, last_key, resume.needs_reset)
         client.replay = replay
+        self._activate(replay)
+        return resume
+
+    def _activate(self, replay: Replay) -> None:
         self._active.append(replay)
         if not self._scheduled:
             self._scheduled = True
             self.reactor.call_soon(self._run)  # this pass: a short backlog costs no wait
-        return resume
+
+    # -- ids this node has not read yet ------------------------------------------
+    def _wait(self, client, key) -> Resume:
+        """The stream waits (no events, no reset) until this node has read
+        up to ``key`` (``caught_up``), then gets exactly the events after
+        it; after ``ahead_wait`` seconds, a reset instead."""
+        replay = Replay(client, self.hub, self.history, key, None, False)
+        replay.waiting = True
+        client.replay = replay
+        self.waiting.append(replay)
+        self.reactor.call_later(self.ahead_wait, self.give_up, replay)
+        if self.ahead_check is not None:
+            self.ahead_check(replay, key)
+        return Resume(AHEAD, key, self.history.oldest)
+
+    def caught_up(self) -> None:
+        """This node read further: the waits it has reached end, and those
+        streams catch up from the history like any resume."""
+        last_key = self.ids.last_key
+        still = []
+        for replay in self.waiting:
+            if not self._still_waiting(replay):
+                continue
+            if replay.cursor <= last_key:
+                replay.waiting = False
+                replay.upto = last_key
+                self._activate(replay)
+            else:
+                still.append(replay)
+        self.waiting = still
+
+    def give_up(self, replay: Replay) -> None:
+        """The id was not reached in time, or is beyond what exists: a reset
+        that moves the browser's last id to this node's newest, then live
+        events."""
+        if not self._still_waiting(replay):
+            return
+        replay.waiting = False
+        replay.done = True
+        client = replay.client
+        client.replay = None
+        if replay in self.waiting:
+            self.waiting.remove(replay)
+        client.write(reset_event(self.history.oldest, UNKNOWN, event_id=self.ids.last_text))
+        self.hub.counters.resets += 1
+
+    @staticmethod
+    def _still_waiting(replay: Replay) -> bool:
+        client = replay.client
+        return (replay.waiting and not replay.done and client.replay is replay
+                and not client.closed and not client.closing)
 
     def _run(self) -> None:
         budget = REPLAY_BUDGET

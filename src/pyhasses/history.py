@@ -146,6 +146,17 @@ class History:
         self._keys.append(key)
         self._bytes += size
 
+    def missing_before(self, key) -> None:
+        """Events with a key below ``key`` may exist that were never held (a
+        cluster node filled from a stream longer than the history): a
+        client that last saw one of them gets a reset."""
+        if self.lost_through is None or self.lost_through < key - 1:
+            self.lost_through = key - 1
+
+    def clear(self) -> None:
+        """Let go of every event (a cluster's Redis lost its data)."""
+        self._evict(len(self))
+
     def expire(self) -> None:
         """Let go of events older than ``max_age``."""
         self._expire_before(self._clock() - self.max_age)

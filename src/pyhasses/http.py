@@ -168,9 +168,12 @@ def denied(status: int, reason: str, cors: bytes) -> bytes:
 
 def publish_reply(body: bytes, cors: bytes) -> bytes:
     """200 to an HTTP publish: the acknowledgement JSON line of PROTOCOL.md
-    5a; the connection stays open for the publisher's next POST."""
+    5a; the connection stays open for the publisher's next POST.  A refusal
+    (``"ok": false``: a cluster whose Redis is away with its spool full)
+    is 503, so a publisher that reads only the status sees it."""
+    status = b"503 Service Unavailable" if body.startswith(b'{"ok": false') else b"200 OK"
     return b"".join((
-        b"HTTP/1.1 200 OK\r\n", http_date(), SERVER,
+        b"HTTP/1.1 ", status, b"\r\n", http_date(), SERVER,
         b"Access-Control-Allow-Origin: ", cors, b"\r\n",
         b"Cache-Control: no-cache\r\n",
         b"Content-Length: %d\r\n" % len(body),

@@ -51,6 +51,13 @@ METRICS = (
     ("pyhasses_http_publishes_denied_total", "counter", "publishdenied",
      "HTTP publishes refused (401, 403, 400 or 413)."),
     ("pyhasses_uptime_seconds", "gauge", "uptime", "Seconds since the daemon started."),
+    # On a cluster (--redis) only:
+    ("pyhasses_redis_up", "gauge", "redisup", "1 while the link to Redis is up."),
+    ("pyhasses_redis_spooled", "gauge", "spooled", "Publishes waiting for Redis to come back."),
+    ("pyhasses_redis_last_read_age_seconds", "gauge", "lastreadage", "Seconds since the stream was last read."),
+    ("pyhasses_redis_stored_total", "counter", "publishesstored", "Publishes Redis confirmed."),
+    ("pyhasses_redis_refused_total", "counter", "publishesrefused", "Publishes refused: Redis away, spool full."),
+    ("pyhasses_cluster_streams", "gauge", "clusterstreams", "Established streams on every live node."),
 )
 
 
@@ -100,7 +107,7 @@ def render(info: dict, process: Optional[dict] = None) -> str:
     values.update(info.get("extra", {}))
     lines = []
     for name, kind, key, text in METRICS:
-        if key not in values:
+        if values.get(key) is None:
             continue
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {_number(values[key])}"]
     version = str(values.get("version", "")).replace("\\", "\\\\").replace('"', '\\"')

@@ -181,6 +181,7 @@ class Daemon:
         self.replayer: Optional[delivery.Replayer] = None
         self._queued_figure: Optional[int] = None  # queued bytes, this pass
         self.draining: Optional[delivery.Drain] = None
+        self.cluster = None  # cluster.Cluster under --redis
         self.control = ControlHandler(self.hub, self.ids, log, settings, self.runtime,
                                       self.status_info, self.client_list_lines, history=self.history,
                                       client_table=self.client_table, metrics_text=self.metrics_text,
@@ -211,6 +212,10 @@ class Daemon:
         }
         info.setdefault("extra", {}).update(self.delivery_status())
         info["extra"].update(self.access.as_dict())
+        if self.cluster is not None:
+            cluster = self.cluster.status()
+            info["extra"].update(cluster)
+            info.setdefault("mode_details", []).extend(self.cluster.status_lines(cluster))
         self._add_tls_status(info)
         return info
 
@@ -420,6 +425,8 @@ class Daemon:
             self.reactor.call_later(self._idle_sweep_interval(), self._end_idle_control)
         if fifo_fd is not None:
             self.fifo = FifoReader(self.control_wiring, fifo_fd, self.settings.fifo)
+        if self.settings.redis:
+            self._join_cluster()
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
         self.heartbeat.start()
         self.reactor.call_later(self._lifetime_sweep_interval(), self._end_expired_streams)
@@ -430,6 +437,20 @@ class Daemon:
         self.reactor.run()
         self.shutdown()
 
+    def _join_cluster(self) -> None:
+        """Messages go through Redis from now on; ids come from its stream."""
+        from . import cluster, resp
+
+        self.cluster = cluster.Cluster(self, resp.parse_url(self.settings.redis))
+        self.ids = self.control.ids = self.replayer.ids = self.cluster.ids
+        self.control.cluster = self.cluster
+        # An id another node gave out may be ahead of this node's reading.
+        self.replayer.ahead_wait = cluster.AHEAD_WAIT
+        self.replayer.ahead_check = self.cluster.check_ahead
+        self.log.info(f"Cluster node {self.cluster.node_id} on Redis {self.cluster.address.describe()}, "
+                      f"stream {self.cluster.stream_key}")
+        self.cluster.start()
+
     def _wire(self) -> None:
         """What each kind of connection is given (after the reactor exists)."""
         common = dict(reactor=self.reactor, flusher=self.flusher, log=self.log, report=self.report,
@@ -439,7 +460,7 @@ class Daemon:
         rules = StreamRules(self.settings, self.runtime, self.cors, self.hub.counters, lambda: history.oldest,
                             policy=self.policy, access=self.access)
         self.expiry = TokenExpiry(self.reactor, self.reactor.fail)
-        self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume, publish=self.control.publish,
+        self.stream_wiring = Wiring(**common, rules=rules, resume=self.resume, publish=self.control.publish_acked,
                                     expiry=self.expiry)
         self.control_wiring = Wiring(**common, control=self.control, control_clients=self.control_clients,
                                      access=self.access)
@@ -524,6 +545,8 @@ class Daemon:
             conn.close("daemon stopping", quiet=True)
         if self.fifo is not None:
             self.fifo.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.wiring.reserve.close()
         self.reactor.close()
 
@@ -533,22 +556,22 @@ def sock_name(sock: socket.socket) -> str:
 
 
 # -- opening what needs privileges ----------------------------------------------
-def bind_endpoint(endpoint: Endpoint) -> List[socket.socket]:
+def bind_endpoint(endpoint: Endpoint, reuse_port: bool = False) -> List[socket.socket]:
     """Listening sockets for an endpoint.  No host: one IPv6 socket that also
     takes IPv4 (dual-stack), or IPv4 alone where IPv6 is missing."""
     if not endpoint.hosts:
         try:
-            return [_listen(socket.AF_INET6, "::", endpoint.port, v6only=False)]
+            return [_listen(socket.AF_INET6, "::", endpoint.port, v6only=False, reuse_port=reuse_port)]
         except OSError as exc:
             if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-            return [_listen(socket.AF_INET, "0.0.0.0", endpoint.port)]
+            return [_listen(socket.AF_INET, "0.0.0.0", endpoint.port, reuse_port=reuse_port)]
     socks = []
     try:
         for host in endpoint.hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                socks.append(_listen(family, host, endpoint.port, v6only=True))
+                socks.append(_listen(family, host, endpoint.port, v6only=True, reuse_port=reuse_port))
             except OSError as exc:
                 # "localhost" on a host without IPv6: the IPv4 loopback will do.
                 if host == "::1" and len(endpoint.hosts) > 1 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
@@ -561,10 +584,14 @@ def bind_endpoint(endpoint: Endpoint) -> List[socket.socket]:
     return socks
 
 
-def _listen(family: int, host: str, port: int, v6only: bool = True) -> socket.socket:
+def _listen(family: int, host: str, port: int, v6only: bool = True, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Several nodes of one host share the port; the kernel spreads
+            # new connections over them (--reuse-port).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted sockets inherit it (Linux), so it costs no system call
         # per connection: events leave at once, and acknowledgements are
         # not held back until the publisher's delayed ACK of the previous
@@ -709,7 +736,8 @@ def run(settings: Settings) -> int:
             # First: once the TCP ports accept, the socket does too.
             unix_socks = [bind_control_socket(settings.control_socket, settings.control_socket_group, settings.user)]
             opened += unix_socks
-        sse_socks = _bind(settings.sse, "SSE port")
+        _check_redis(settings, log)
+        sse_socks = _bind(settings.sse, "SSE port", settings.reuse_port)
         opened += sse_socks
         control_socks = _bind(settings.control, "control port") if settings.control else []
         opened += control_socks
@@ -801,9 +829,25 @@ def _open_fifo(settings: Settings, log: Log) -> Optional[int]:
     return fd
 
 
-def _bind(endpoint: Endpoint, what: str) -> List[socket.socket]:
+def _check_redis(settings: Settings, log: Log) -> None:
+    """A bad --redis URL or a login Redis refuses stops the start (exit 1);
+    a Redis that cannot be reached yet does not: the node waits for it."""
+    if not settings.redis:
+        return
+    from . import redislink, resp
+
     try:
-        return bind_endpoint(endpoint)
+        address = resp.parse_url(settings.redis)
+    except resp.UrlError as exc:
+        raise StartError(str(exc)) from None
+    refused = redislink.login_check(address)
+    if refused:
+        raise StartError(refused)
+
+
+def _bind(endpoint: Endpoint, what: str, reuse_port: bool = False) -> List[socket.socket]:
+    try:
+        return bind_endpoint(endpoint, reuse_port)
     except OSError as exc:
         raise StartError(f"cannot listen on {what} {endpoint.describe()}: {exc.strerror}") from None
 

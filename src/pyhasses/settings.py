@@ -98,6 +98,11 @@ class Settings:
     max_subscriptions: int = 64              # tokens in one stream's subscribe=
     max_control_clients: int = 256           # open control connections (TCP and Unix)
     control_idle_timeout: float = 300.0      # close a silent control connection; 0: never
+    # -- cluster on Redis (issue 13) --
+    redis: Optional[str] = None       # URL of the Redis that joins the nodes; None: one node alone
+    redis_prefix: str = "pyhasses"    # key names start with this and a colon
+    redis_spool: int = 10000          # publishes kept while Redis is away; past it refused
+    reuse_port: bool = False          # SO_REUSEPORT on the SSE port: several nodes on one host
 
     # -- end of fields --
 
@@ -210,6 +215,7 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("--max-head-bytes must be at least 1K")
     validate_delivery(s)
     validate_security(s)
+    validate_cluster(s)
     return s
 
 
@@ -261,3 +267,12 @@ def validate_delivery(s: Settings) -> None:
         raise SettingsError("--history-age must be positive")
     if s.retry > 24 * 3600 * 1000:
         raise SettingsError("--retry must be at most a day (86400000 ms)")
+
+
+def validate_cluster(s: Settings) -> None:
+    """The URL itself is checked at start (``resp.parse_url``), where a bad
+    one exits 1 as a refused login does."""
+    if not s.redis_prefix or any(c.isspace() for c in s.redis_prefix):
+        raise SettingsError(f"--redis-prefix must be a non-empty word: {s.redis_prefix!r}")
+    if s.redis_spool < 1:
+        raise SettingsError("--redis-spool must be at least 1")

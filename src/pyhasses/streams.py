@@ -11,6 +11,7 @@ touch: protocol rules (they are the session's), the socket calls themselves
 
 from __future__ import annotations
 
+import collections
 import socket
 import time
 
@@ -139,13 +140,42 @@ class SseClient(Connection):
     def _do_Interim(self, action: session.Interim) -> None:
         self.write(action.data)
 
+    # HTTP publishes awaiting their answer, oldest first: [keep_alive, ack or
+    # None].  On a cluster an acknowledgement comes once the message was read
+    # back from Redis (``late_answer``); answers leave in request order.
+    # Made on first use: an idle stream carries none.
+    _publish_replies = None
+
     def _do_Publish(self, action: session.Publish) -> None:
-        ack = self.ctx.publish(action.message, f"HTTP publish {self.peer}")
-        self.write(self.session.publish_reply(ack))
+        if self._publish_replies is None:
+            self._publish_replies = collections.deque()
+        self._next_keep_alive = action.keep_alive
+        ack = self.ctx.publish(action.message, f"HTTP publish {self.peer}", self)
+        if ack is not None:
+            self._publish_replies.append([action.keep_alive, ack])
+        self._send_publish_replies()
         if action.keep_alive:
             self._start_handshake_timer()  # the next request has the same time
-        else:
-            self.close_after_flush()
+
+    def expect_answer(self) -> None:
+        self._publish_replies.append([self._next_keep_alive, None])
+
+    def late_answer(self, answer: bytes) -> None:
+        if self.closed:
+            return
+        for slot in self._publish_replies:
+            if slot[1] is None:
+                slot[1] = answer
+                break
+        self._send_publish_replies()
+
+    def _send_publish_replies(self) -> None:
+        replies = self._publish_replies
+        while replies and replies[0][1] is not None:
+            keep_alive, ack = replies.popleft()
+            self.write(self.session.publish_reply(ack))
+            if not keep_alive:
+                self.close_after_flush()
 
     def _do_Close(self, action: session.Close) -> None:
         self.close(action.reason)
