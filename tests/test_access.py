@@ -7,6 +7,7 @@ tools' side (pyhasses-ctl, pyhasses.publish)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import ssl
@@ -63,6 +64,24 @@ def assert_nothing_published(daemon, stream, prefix=b""):
 
 def curl(*args):
     return subprocess.run(["curl", "-s", "-m", "5", "--noproxy", "*", *args], capture_output=True, timeout=20)
+
+
+def test_a_request_line_paused_after_its_method_runs_nothing(daemon_factory):
+    # The idle flush took "GET" for a whole part, and the rest of the line
+    # ran as parts: room1 received "x HTTP/1.1".
+    daemon = daemon_factory("--idle-flush=0.1")
+    stream = daemon.sse("room1")
+    for first, rest in ((b"GET", b" /;room1=x HTTP/1.1\r\n\r\n"), (b"po", b"st /;room1=y\r\n")):
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+            s.sendall(first)
+            time.sleep(0.4)  # several idle flushes long
+            s.sendall(rest)
+            assert read_to_close(s, 5) == b""
+    assert_nothing_published(daemon, stream)
+    assert status(daemon)["crossprotocol"] == 2
+    with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as s:
+        s.sendall(b"tcpnumberofclients")  # no terminator, connection kept: runs at the pause
+        assert s.recv(100).startswith(b'{"numberofclients"')
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl is not installed")
@@ -188,6 +207,34 @@ def test_with_a_secret_the_first_part_must_be_auth(secret_daemon):
     daemon.wait_log(r"Refused control connection .*: control secret required: wrong secret")
 
 
+def test_a_secret_sent_where_none_is_taken_never_reaches_the_log(daemon_factory, tmp_path):
+    # A second auth, the Unix socket, the FIFO, a daemon started without
+    # --control-secret-file: the part is ignored and the secret not logged,
+    # nor, when it holds a '=', published to a token "auth ...".
+    path = tmp_path / "control.secret"
+    path.write_text(SECRET + "\n")
+    sock = tmp_path / "control.sock"
+    daemon = daemon_factory(f"--control-socket={sock}", f"--control-secret-file={path}", fifo=True)
+    wait_until(lambda: _answers(str(sock)), 10, 0.05, "the control socket")
+    plain = daemon_factory()
+    stream, plain_stream = daemon.sse("*"), plain.sse("*")
+    good = f"auth {SECRET}\n".encode()
+    control_exchange(daemon.cport, good + good + b"room1=after two\n")
+    assert stream.read_event()["data"] == "after two"
+    unix_exchange(str(sock), f"auth {SECRET}\nauth a=b\nroom1=unix\n".encode())
+    assert stream.read_event()["data"] == "unix"
+    daemon.publish_fifo(f"auth {SECRET}\nroom1=fifo\n")
+    assert stream.read_event()["data"] == "fifo"
+    plain.control(f"auth {SECRET}\nauth sec=ret\nroom1=plain\n")
+    assert plain_stream.read_event()["data"] == "plain"
+    stream.expect_nothing(0.3)
+    plain_stream.expect_nothing(0.3)
+    for d in (daemon, plain):
+        d.wait_log(r"an 'auth' part where none is expected")
+        assert SECRET not in d.log() and "sec=ret" not in d.log() and "auth a" not in d.log()
+    assert status(daemon, good)["msgproccnt"] == 3 and status(plain)["msgproccnt"] == 1
+
+
 def test_the_tools_send_the_secret_from_a_file_or_the_environment(secret_daemon, tmp_path):
     daemon = secret_daemon
     stream = daemon.sse("room1")
@@ -283,6 +330,25 @@ def test_max_subscriptions(daemon_factory):
     small.wait_log(r"more than 2 tokens")
 
 
+def test_a_publish_to_many_targets_under_many_grants_does_not_stall_the_loop(daemon_factory, tmp_path):
+    # Each target was checked against each grant: 100,000 targets under a
+    # token of 700 prefix grants held the loop for about 20 s.
+    key = tmp_path / "publisher.key"
+    key.write_text("k" * 40)
+    daemon = daemon_factory(f"--publisher-key={key}")
+    stream = daemon.sse("room1")
+    grants = [f"g{i}*" for i in range(700)] + ["x*", "room1"]
+    token = auth.mint(auth.load_key(str(key), private=True), [], grants, 600)
+    body = json.dumps({"to": [f"x{i}" for i in range(100000)] + ["room1"], "data": "many"}).encode()
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as s:
+        start = time.monotonic()
+        s.sendall(b"POST /publish HTTP/1.1\r\nAuthorization: Bearer " + token.encode()
+                  + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert stream.read_event(timeout=15)["data"] == "many"
+        assert time.monotonic() - start < 8
+        assert b'"delivered": 1' in s.recv(4096)
+
+
 def test_control_connections_have_a_cap(daemon_factory):
     daemon = daemon_factory("--max-control-clients=2")
     held = []
@@ -310,6 +376,45 @@ def test_control_connections_have_a_cap(daemon_factory):
             s.close()
     reply = wait_until(lambda: _status_when_free(daemon), 5, what="a free control slot")
     assert reply["controlrefused"] >= 1 and reply["msgproccnt"] == 0
+
+
+def test_silent_connections_on_the_port_lock_out_no_publisher(daemon_factory, tmp_path):
+    # Anyone on the host may fill the TCP port's slots with silent
+    # connections; the Unix socket keeps its own, and under a secret those
+    # without it give way to a publisher that has it.
+    secret = tmp_path / "control.secret"
+    secret.write_text(SECRET + "\n")
+    sock = tmp_path / "control.sock"
+    daemon = daemon_factory("--max-control-clients=3", f"--control-socket={sock}",
+                            f"--control-secret-file={secret}")
+    wait_until(lambda: _answers(str(sock)), 10, 0.05, "the control socket")
+    stream = daemon.sse("room1")
+    good = f"auth {SECRET}\n".encode()
+    silent = [socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) for _ in range(6)]
+    try:
+        wait_until(lambda: len(re.findall(r"no secret yet", daemon.log())) >= 3, 5, what="room made")
+        assert b'"numberofclients"' in unix_exchange(str(sock), b"tcpnumberofclients\n")
+        assert control_exchange(daemon.cport, good + b"room1=with the secret\n") == b""
+        assert stream.read_event()["data"] == "with the secret"
+        # Those with the secret are never closed to make room: a full port of
+        # them refuses the next connection instead.
+        authed = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", daemon.cport), timeout=5)
+            s.sendall(good + b"tcpnumberofclients\n")
+            assert s.recv(100).startswith(b'{"numberofclients"')
+            authed.append(s)
+        with socket.create_connection(("127.0.0.1", daemon.cport), timeout=5) as extra:
+            extra.sendall(good + b"room1=refused\n")
+            assert read_to_close(extra, 5) == b""
+        for s in authed:
+            s.sendall(b"room1=still open\n")
+            assert stream.read_event()["data"] == "still open"
+            s.close()
+        stream.expect_nothing(0.3)
+    finally:
+        for s in silent:
+            s.close()
 
 
 def _status_when_free(daemon):

@@ -136,3 +136,30 @@ def test_ten_writers_of_clientlist_bursts_do_not_stall_600_streams(daemon_factor
         for s in socks:
             s.close()
 
+
+
+def test_parts_waiting_their_turn_are_not_lost_when_the_writer_goes_idle(daemon_factory):
+    """A burst that takes longer than the idle flush to work off, its last
+    part unterminated: the idle flush takes the tail as whole and runs it
+    after the parts before it, it never drops them."""
+    d = daemon_factory("--heartbeat", "0", "--idle-flush", "0.05")
+    socks = []
+    try:
+        for n in range(1000):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            s.sendall(f"GET /sse?subscribe=idle{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
+            socks.append(s)
+        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 1000, 30, what="1000 streams")
+        with socket.create_connection(("127.0.0.1", d.cport), timeout=30) as s:
+            s.sendall(b"tcpclientlist\n" * 60 + b"tcpnumberofclients")  # the tail has no line end
+            replies, started = b"", time.monotonic()
+            while replies.count(b"\n") < 61 and time.monotonic() - started < 30:
+                data = s.recv(1 << 20)
+                assert data, f"closed after {len(replies.splitlines())} replies"
+                replies += data
+        lines = replies.splitlines()
+        assert len(lines) == 61, len(lines)
+        assert json.loads(lines[-1]) == {"numberofclients": 1000}
+    finally:
+        for s in socks:
+            s.close()

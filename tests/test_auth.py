@@ -236,6 +236,26 @@ def test_coverage(grants, token, ok):
     assert auth.covers(grants, token) is ok
 
 
+def _covers_by_scan(grants, token):
+    """The rule, one grant at a time, as PROTOCOL.md 9 words it."""
+    for grant in grants:
+        if grant == "*" or (grant.endswith("*") and token.startswith(grant[:-1]) and token != "*") \
+                or grant == token:
+            return True
+    return False
+
+
+def test_the_arranged_grants_cover_what_a_scan_of_them_covers():
+    import random
+    rng = random.Random(12)
+    words = ["", "a", "ab", "abc", "b", "ba", "*", "a*", "**", "*a", "room1", "room", "news"]
+    for _ in range(3000):
+        grants = [rng.choice(words) + rng.choice(["", "*"]) for _ in range(rng.randrange(0, 6))]
+        grants = [g for g in grants if g]
+        token = rng.choice(words) + rng.choice(["", "x", "*", "b"])
+        assert auth.covers(grants, token) is _covers_by_scan(grants, token), (grants, token)
+
+
 # -- streams ---------------------------------------------------------------------
 
 

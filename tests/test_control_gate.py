@@ -73,6 +73,25 @@ def test_an_undecided_start_is_control_input_at_the_idle_flush():
     assert g.finish() == [b"FOO /x"]
 
 
+@pytest.mark.parametrize("start", [b"G", b"GET", b"get", b"GET ", b"Post\t", b"\r\nPROPF", b"OPTIONS"])
+def test_the_start_of_a_known_method_waits_out_a_pause(start):
+    g = gate()
+    assert g.feed(start) == [] and g.finish(idle=True) == []
+    out = g.feed((b"" if start.endswith((b" ", b"\t")) else b" ") + b"/;room1=x HTTP/1.1\r\n")
+    assert len(out) == 1 and isinstance(out[0], Refusal)
+
+
+@pytest.mark.parametrize("start", [b"status", b"tcpstatus", b"room1", b"GETX", b"GET x", b"clientlist"])
+def test_any_other_start_is_a_part_at_the_pause(start):
+    g = gate()
+    assert g.feed(start) == [] and g.finish(idle=True) == [start]
+
+
+def test_the_start_of_a_method_at_end_of_input_is_a_part():
+    g = gate()
+    assert g.feed(b"GET") == [] and g.finish() == [b"GET"]
+
+
 def test_an_endless_request_line_is_refused_at_the_sniff_limit():
     g = gate()
     out = g.feed(b"GET /" + b"a" * 20000)

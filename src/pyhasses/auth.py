@@ -16,6 +16,7 @@ reconnects with a fresh cookie anyway.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import itertools
@@ -178,24 +179,45 @@ def _grants(claims: dict, now: float) -> Grants:
     return Grants(lists[0], lists[1], float(exp) if exp is not None else None)
 
 
+class GrantSet:
+    """A token's grants, arranged so that each token asked for costs a set
+    lookup and a binary search, not a pass over every grant: an HTTP
+    publish may name a hundred thousand targets under a token of a
+    thousand grants, and the loop must not stall on it.
+
+    ``*`` allows all, ``news*`` every token starting with ``news``
+    (``news*`` itself included, as an address), an exact entry only that
+    token.  Asking for ``*`` needs ``*``."""
+
+    def __init__(self, grants: Iterable[str]):
+        grants = set(grants)
+        self.everything = "*" in grants
+        self.exact = frozenset(g for g in grants if not g.endswith("*"))
+        # Only the prefixes no shorter one covers: in sorted order the
+        # strings that start with a prefix follow it at once, so the
+        # greatest prefix not above a token is the one that can cover it.
+        self.prefixes: List[str] = []
+        for prefix in sorted(g[:-1] for g in grants if g.endswith("*") and g != "*"):
+            if not (self.prefixes and prefix.startswith(self.prefixes[-1])):
+                self.prefixes.append(prefix)
+
+    def covers(self, token: str) -> bool:
+        if self.everything or token in self.exact:
+            return True
+        if token == "*" or not self.prefixes:
+            return False
+        i = bisect.bisect_right(self.prefixes, token) - 1
+        return i >= 0 and token.startswith(self.prefixes[i])
+
+
 def covers(grants: Iterable[str], token: str) -> bool:
-    """Does one of ``grants`` allow ``token``?  ``*`` allows all, ``news*``
-    every token starting with ``news`` (``news*`` itself included, as an
-    address), an exact entry only that token.  Asking for ``*`` needs ``*``."""
-    for grant in grants:
-        if grant == "*":
-            return True
-        if grant.endswith("*"):
-            if token.startswith(grant[:-1]) and token != "*":
-                return True
-        elif grant == token:
-            return True
-    return False
+    """Does one of ``grants`` allow ``token``?  (See GrantSet.)"""
+    return GrantSet(grants).covers(token)
 
 
 def uncovered(grants: Iterable[str], tokens: Iterable[str]) -> List[str]:
-    grants = tuple(grants)
-    return [t for t in tokens if not covers(grants, t)]
+    allowed = GrantSet(grants)
+    return [t for t in tokens if not allowed.covers(t)]
 
 
 # -- streams -------------------------------------------------------------------

@@ -186,7 +186,7 @@ OPTIONS = (
     Option((), "--max-subscriptions", "max_subscriptions", "N",
            "tokens one stream may subscribe to; more is 400 (default 64; 0: no cap)", parse_count),
     Option((), "--max-control-clients", "max_control_clients", "N",
-           "open control connections (TCP and Unix socket) allowed at once (default 256)", parse_count),
+           "open control connections allowed at once on the TCP port, and as many on the Unix socket (default 256)", parse_count),
     Option((), "--control-idle-timeout", "control_idle_timeout", "SECONDS",
            "close a control connection silent this long (default 300; 0: never)", parse_seconds_or_off),
     # -- cluster on Redis (issue 13) --

@@ -131,10 +131,12 @@ _TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 #: (a long id before its '=') is no request line.
 _METHOD = _TCHAR + rb"{1,32}"
 _HTTP_LINE = re.compile(_METHOD + rb"[ \t]+[^\s]+[ \t]+[Hh][Tt][Tt][Pp]/")
-#: A method every HTTP library knows, then a target: HTTP even without a
-#: version (HTTP/0.9 style), since such a part is never a control command.
-_KNOWN_METHOD = re.compile(rb"(?i:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND)"
-                           rb"[ \t]+(?:[/*]|(?i:https?)://)")
+#: Methods every HTTP library knows.
+KNOWN_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
+                 b"PROPFIND")
+#: A known method, then a target: HTTP even without a version (HTTP/0.9
+#: style), since such a part is never a control command.
+_KNOWN_METHOD = re.compile(rb"(?i:" + b"|".join(KNOWN_METHODS) + rb")[ \t]+(?:[/*]|(?i:https?)://)")
 #: What may still become such a line with more bytes.
 _HTTP_LINE_START = re.compile(
     _TCHAR + rb"{0,32}\Z|" + _METHOD + rb"[ \t]+[^\s]*\Z|"
@@ -168,6 +170,19 @@ def foreign_protocol(first: bytes, final: bool = False) -> Optional[str]:
     if final or not _HTTP_LINE_START.match(first):
         return ""
     return None
+
+
+def may_begin_known_method(start: bytes) -> bool:
+    """``G``, ``GET``, ``post `` (after any empty lines): what a request line
+    split over a pause can have sent so far, and never a control part (no
+    command begins so, and a message needs its '=')."""
+    start = start.lstrip(b"\r\n")
+    word = start.rstrip(b" \t").upper()
+    if not word:
+        return False
+    if len(word) < len(start):  # blanks after it: the whole method came
+        return word in KNOWN_METHODS
+    return any(method.startswith(word) for method in KNOWN_METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +232,11 @@ class Gate:
     def pending(self) -> int:
         return self.framer.pending + (len(self._first) if self._first is not None else 0)
 
+    @property
+    def awaiting_secret(self) -> bool:
+        """A secret is asked for and has not come yet."""
+        return self._expected is not None and self.refused is None
+
     def feed(self, data: bytes) -> list:
         if self.refused is not None:
             return []
@@ -230,10 +250,16 @@ class Gate:
                 return [self.refused]
         return self._authorised(self.framer.feed(data))
 
-    def finish(self) -> list:
+    def finish(self, idle: bool = False) -> list:
+        """End of input, or (``idle``) the writer paused."""
         if self.refused is not None:
             return []
         if self._first is not None:
+            if idle and may_begin_known_method(bytes(self._first)):
+                # "GET", a pause, then " /;room1=x HTTP/1.1": judged at the
+                # pause, the rest would run as parts.  Such a start is no
+                # control part, so holding it costs no writer anything.
+                return []
             data = self._judged(foreign_protocol(bytes(self._first), final=True))
             if data is None:
                 return [self.refused]
@@ -329,6 +355,9 @@ SIMPLE_COMMANDS = {
 ARG_COMMANDS = ("subscribedclients:", "tcpsubscribedclients:", "kick:", "kicktoken:", "tcpkick:", "tcpkicktoken:")
 
 
+#: The first part a control secret asks for (PROTOCOL.md 9).
+STRAY_AUTH = "auth "
+
 #: ``except`` ids one JSON message may carry, unless ``--max-except`` says.
 DEFAULT_MAX_EXCEPT = 256
 
@@ -338,6 +367,13 @@ def interpret(part: bytes, max_token_length: int, max_message_bytes: int,
     text = part.decode("utf-8", "surrogateescape")
     if text.startswith("{"):
         return _interpret_json(text, max_token_length, max_message_bytes, max_except)
+    if text.startswith(STRAY_AUTH):
+        # The gate takes a good first ``auth`` where a secret is configured;
+        # any other one (a second one, the Unix socket, the FIFO, a daemon
+        # started without the secret) still holds a secret: never shown in
+        # the log, never taken for a message to a token "auth ..." when the
+        # secret holds a '='.
+        return Invalid("an 'auth' part where none is expected (not shown: it holds a secret)")
     token, eq, data = text.partition("=")
     if eq and not token.lstrip().startswith(ARG_COMMANDS):
         # TOKEN=MESSAGE, by far the most common part: no command has a '='

@@ -131,16 +131,21 @@ class ControlInput:
         reactor.cancel(self._idle)
         self._idle = None
         if self.framer.pending:
-            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish)
+            self._idle = reactor.call_later(self.ctx.settings.idle_flush, self.finish, True)
 
-    def finish(self) -> None:
-        """End of input, or the writer went idle: the tail is a whole part."""
-        self.cancel()
+    def finish(self, idle: bool = False) -> None:
+        """End of input, or (``idle``) the writer went idle: the tail is a
+        whole part (a socket's gate may still hold the start of a request
+        line at a pause).  Parts still waiting for their turn stay: they
+        come before the tail."""
+        self.ctx.reactor.cancel(self._idle)
+        self._idle = None
         if self.on_finish is not None:
             self.on_finish()
-        self._run(self.framer.finish())
+        self._run(self.framer.finish(idle) if isinstance(self.framer, Gate) else self.framer.finish())
 
     def cancel(self) -> None:
+        """The writer is gone (or its input discarded): nothing more runs."""
         self.ctx.reactor.cancel(self._idle)
         self._idle = None
         self._backlog.clear()  # ControlTurns drops a writer with nothing to run
@@ -222,9 +227,11 @@ class ControlClient(Connection):
 
     def __init__(self, ctx, sock: socket.socket, peer: str, secret=None, announce: bool = False):
         super().__init__(ctx, sock, peer, ctx.settings.max_queue_bytes)
+        self.on_unix_socket = announce  # its own pool under --max-control-clients (service)
         self.input = ControlInput(ctx, f"control {peer}", self._reply, self._replies_queued,
                                   refused=self._refused, secret=secret, pause=self._pause)
         self.last_input = time.monotonic()  # the idle sweep's clock (service)
+        self.connected_at = self.last_input  # the oldest without the secret makes room (service)
         ctx.control_clients.add(self)
         text = f"Communication connect from {peer} as <{self.fd}>"
         if announce:
@@ -235,6 +242,12 @@ class ControlClient(Connection):
     def on_data(self, data: bytes) -> None:
         self.last_input = time.monotonic()
         self.input.feed(data)
+
+    @property
+    def awaiting_secret(self) -> bool:
+        """Connected to the TCP port under --control-secret-file, and has
+        not sent the secret yet."""
+        return getattr(self.input.framer, "awaiting_secret", False)
 
     def _refused(self, refusal: Refusal) -> None:
         """Another protocol, or no secret: closed at once, nothing run."""

@@ -338,21 +338,38 @@ class Daemon:
             self.log.debug(f"Client <{client.fd}> {client.peer} resumes after {last_id!r}: {result.kind}")
 
     def _new_control_client(self, sock, peer):
-        if not self._control_slot(sock, peer):
+        if not self._control_slot(sock, peer, unix=False):
             return None
         return ControlClient(self.control_wiring, sock, peer, secret=self.access_setup.control_secret)
 
     def _new_unix_control_client(self, sock, peer):
         """The Unix socket needs no secret: its file mode says who may connect."""
         peer = peer_credentials(sock)
-        if not self._control_slot(sock, peer):
+        if not self._control_slot(sock, peer, unix=True):
             return None
         return ControlClient(self.control_wiring, sock, peer, announce=True)
 
-    def _control_slot(self, sock, peer) -> bool:
-        """Below --max-control-clients, or refused with a close at once."""
+    def _control_slot(self, sock, peer, unix: bool) -> bool:
+        """Below --max-control-clients, or refused with a close at once.
+
+        The TCP port and the Unix socket each have their own slots: anyone
+        on the host may connect to the port and hold every one of its slots,
+        but never lock out the socket's publishers, whom its file mode lets
+        in.  Under --control-secret-file a full port makes room by closing
+        its oldest connection that has not sent the secret (a publisher
+        sends it first, at once), so connections without the secret can
+        never lock out those with it."""
         cap = self.settings.max_control_clients
-        if len(self.control_clients) < cap:
+        pool = [c for c in self.control_clients if c.on_unix_socket == unix and not c.closed]
+        if len(pool) < cap:
+            return True
+        waiting = [c for c in pool if c.awaiting_secret]
+        if waiting:
+            oldest = min(waiting, key=lambda c: c.connected_at)
+            self.access.controlrefused += 1
+            self.log.info(f"Closed control connection {oldest.peer}: no secret yet, and {cap} open "
+                          f"(--max-control-clients); room made for {peer}")
+            oldest.close("made room: no secret yet", quiet=True)
             return True
         self.access.controlrefused += 1
         self.log.info(f"Refused control connection {peer}: {cap} already open (--max-control-clients)")
