@@ -457,3 +457,64 @@ def test_http_publishes_go_through_the_cluster_and_are_answered_in_order(cluster
     assert ids == sorted(set(ids))
     for client in (here, there):
         assert collect(client, 5, 10) == [(i, f"p{n}") for n, i in enumerate(ids)]
+
+
+def _ack_waiting(node, line: str) -> socket.socket:
+    """A writer that sends one publish asking for its acknowledgement and
+    half-closes, as ``printf ... | nc`` does; its answer is read later."""
+    writer = socket.create_connection(("127.0.0.1", node.cport), timeout=5)
+    writer.sendall(line.encode())
+    writer.shutdown(socket.SHUT_WR)
+    return writer
+
+
+def _answer(writer: socket.socket, timeout: float) -> dict:
+    writer.settimeout(timeout)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = writer.recv(4096)  # a timeout here is the bug: a writer left waiting
+        assert chunk, f"closed without an answer after {data!r}"
+        data += chunk
+    writer.close()
+    return json.loads(data)
+
+
+def _reader_stalled(node, lagging):
+    """The node's reader asks Redis nothing more: it reads nothing new."""
+    lagging.stall_requests(1)
+    # The XREAD already in Redis ends within its BLOCK time; then none is left.
+    def last_read_ended():
+        age = node.control_json("tcpstatus")["lastreadage"]
+        return age is not None and age > cluster_module.READ_BLOCK_MS / 1000 + 0.3
+
+    wait_until(last_read_ended, 5, what="the node's last read to end")
+
+
+def test_acknowledgement_of_a_message_redis_lost_before_the_read_back_is_answered(cluster, redis, lagging):
+    a = cluster(url=lagging.url)
+    live = stream(a)
+    a.wait_clients(1)
+    _reader_stalled(a, lagging)
+    writer = _ack_waiting(a, '{"to": "room1", "data": "lost", "ack": true}\n')
+    wait_until(lambda: redis.command("XLEN", "t:events") == 1, 5, what="the message in Redis")
+    assert redis.command("FLUSHALL") == b"OK"
+    answer = _answer(writer, 5)  # the epoch changes within a second; before the fix: no answer, ever
+    assert answer["ok"] is False and answer["stored"] is True and "lost its data" in answer["error"]
+    lagging.resume_requests()
+    wait_until(lambda: b"event: reset" in live.sock.recv(65536), 5, what="the reset on the stream")
+    assert json.loads(a.control('{"to": "room1", "data": "next", "ack": true}\n'))["ok"] is True
+
+
+def test_acknowledgement_of_a_message_trimmed_before_the_read_back_is_answered(cluster, redis, lagging):
+    a = cluster("--history-count=1000", url=lagging.url)
+    b = cluster("--history-count=1000")
+    _reader_stalled(a, lagging)
+    writer = _ack_waiting(a, '{"to": "room1", "data": "trimmed", "ack": true}\n')
+    wait_until(lambda: redis.command("XLEN", "t:events") == 1, 5, what="the message in Redis")
+    for lo in range(0, 3000, 500):  # MAXLEN ~ 1000 takes a's entry away
+        b.control("".join(f"room1=m{i}\n" for i in range(lo, lo + 500)))
+    assert b"trimmed" not in repr(redis.command("XRANGE", "t:events", "-", "+", "COUNT", 1)).encode()
+    lagging.resume_requests()
+    answer = _answer(writer, 5)  # before the fix: no answer, ever
+    assert answer["ok"] is False and answer["stored"] is True and "trimmed" in answer["error"]
+    assert json.loads(a.control('{"to": "room1", "data": "next", "ack": true}\n'))["ok"] is True
