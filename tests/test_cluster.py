@@ -518,3 +518,55 @@ def test_acknowledgement_of_a_message_trimmed_before_the_read_back_is_answered(c
     answer = _answer(writer, 5)  # before the fix: no answer, ever
     assert answer["ok"] is False and answer["stored"] is True and "trimmed" in answer["error"]
     assert json.loads(a.control('{"to": "room1", "data": "next", "ack": true}\n'))["ok"] is True
+
+
+def test_a_redis_that_stops_answering_is_left_and_the_node_reconnects(cluster, redis):
+    import signal
+
+    a = cluster()
+    client = stream(a)
+    a.wait_clients(1)
+    redis.proc.send_signal(signal.SIGSTOP)  # connections stay open; nothing answers
+    try:
+        # Before the fix the link stayed "up" for ever, publishes waiting unseen.
+        wait_until(lambda: a.control_json("tcpstatus")["redis"] != "up", cluster_module.LINK_SILENCE + 3,
+                   what="the silent link to be given up")
+        a.wait_log(r"link down \(no answer on the \w+ connection", 2)
+        a.control("room1=while-silent\n")
+        assert a.control_json("tcpstatus")["spooled"] >= 1
+        client.expect_nothing(0.2)  # the stream is served (heartbeats aside, nothing yet)
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    assert [d for _, d in collect(client, 1, 15)] == ["while-silent"]
+    wait_until(lambda: a.control_json("tcpstatus")["redis"] == "up", 10, what="the link back")
+    assert json.loads(a.control('{"to": "room1", "data": "after", "ack": true}\n'))["ok"] is True
+    assert [d for _, d in collect(client, 1, 5)] == ["after"]
+    client.expect_nothing(0.3)  # the message sent on the dead link too is stored once
+
+
+def test_a_redis_that_accepts_and_never_answers_does_not_hold_the_node(tmp_path):
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    import threading
+
+    def accept():
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    node = Daemon(tmp_path, f"--redis=redis://127.0.0.1:{silent.getsockname()[1]}/0")  # ready once the login check gave up
+    try:
+        client = stream(node)
+        node.wait_clients(1)
+        node.wait_log(r"link down \(no answer on the \w+ connection", cluster_module.LINK_SILENCE + 3)
+        wait_until(lambda: len(accepted) >= 5, 10, what="a new attempt")  # login check, two links, two more
+        assert node.control_json("tcpstatus")["redis"] in ("down", "connecting")
+        client.close()
+    finally:
+        node.stop()
+        silent.close()
+        for s in accepted:
+            s.close()

@@ -80,6 +80,11 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's
 #: waits for this node to read it (the node lags the one that served the
 #: client) before it gets a reset instead.
 AHEAD_WAIT = 3.0
+#: A connection that owes an answer and has heard nothing for this long
+#: (past an XREAD's own BLOCK time) is taken for dead and made again: a
+#: Redis that accepts and never answers, or a link gone silent without a
+#: reset, would otherwise leave the node "connecting" or "up" for ever.
+LINK_SILENCE = READ_BLOCK_MS / 1000 + 4.0
 #: Reconnect delays: doubled each failure from MIN to MAX, times 0.5-1.5.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -551,6 +556,11 @@ class Cluster:
     # -- registration and the cluster's view --------------------------------------
     def _tick(self) -> None:
         self._tick_timer = self.ctx.reactor.call_later(REGISTER_EVERY, self._tick)
+        now = time.monotonic()
+        for conn in (self.commands, self.reader):
+            if conn is not None and conn.silent_for(now) > LINK_SILENCE:
+                conn.close(f"no answer on the {conn.name} connection for {LINK_SILENCE:g} s")  # -> _down
+                return
         if self.link == "up":
             self._register()
             self._check_epoch()
