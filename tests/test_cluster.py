@@ -302,6 +302,10 @@ def test_bad_url_and_refused_login_stop_the_start(tmp_path):
     bad = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
                      "--redis=http://127.0.0.1:6379")
     assert bad.returncode == 1 and "redis:// or unix://" in bad.stdout + bad.stderr
+    # Before: taken for unix:///redis.sock, a socket the operator never named.
+    relative = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
+                          "--redis=unix://run/redis.sock")
+    assert relative.returncode == 1 and "absolute path" in relative.stdout + relative.stderr
     locked = RedisServer(tmp_path, "--requirepass", "sesame", persistent=False)
     try:
         refused = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
