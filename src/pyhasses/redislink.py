@@ -103,8 +103,17 @@ class RedisConnection:
 
     def silent_for(self, now: float) -> float:
         """Seconds Redis has owed an answer (the connect and login included)
-        without sending a byte; 0 when nothing is owed."""
-        return now - self.heard_at if self.talk.outstanding and not self.closed else 0.0
+        without sending a byte; 0 when nothing is owed, or when bytes are
+        waiting unread (a loop pass that took long is not Redis' silence)."""
+        if self.closed or not self.talk.outstanding:
+            return 0.0
+        if self.connected:
+            try:
+                self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return 0.0  # bytes (or the close) are there for the next pass
+            except OSError:
+                pass  # nothing waiting (EAGAIN), or an error the next read reports
+        return now - self.heard_at
 
     @property
     def queued_bytes(self) -> int:
