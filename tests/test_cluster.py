@@ -574,3 +574,14 @@ def test_a_redis_that_accepts_and_never_answers_does_not_hold_the_node(tmp_path)
         silent.close()
         for s in accepted:
             s.close()
+
+
+def test_a_node_stopping_answers_every_acknowledgement_still_waiting(cluster, redis):
+    a = cluster()
+    redis.kill()
+    wait_until(lambda: a.control_json("tcpstatus")["redis"] == "down", 5, what="the link to go down")
+    writer = _ack_waiting(a, '{"to": "room1", "data": "spooled", "ack": true}\n')
+    wait_until(lambda: a.control_json("tcpstatus")["spooled"] == 1, 5, what="the message in the spool")
+    a.stop()
+    answer = _answer(writer, 5)  # before the fix: the connection closed without a word
+    assert answer["ok"] is False and answer["stored"] is False and "stopped" in answer["error"]

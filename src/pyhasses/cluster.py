@@ -627,8 +627,18 @@ class Cluster:
         ]
 
     def close(self) -> None:
-        """Leave the cluster: the registration is removed at once."""
+        """Leave the cluster: the registration is removed at once.  Every
+        acknowledgement still waiting is answered first (the writers'
+        connections close right after), so that no writer is left without
+        an answer."""
         self.closing = True
+        self._answer_lost_acks("the daemon stopped before it read the message back; Redis holds it and the "
+                               "other nodes deliver it")
+        for seq in list(self._acks):
+            self.ctx.log.error(f"Redis: message {seq} of this node: not confirmed by Redis at shutdown")
+            self._acks.pop(seq)(_json_line({"ok": False, "stored": False, "error":
+                                            "the daemon stopped before Redis confirmed the message; "
+                                            "it may not be stored"}))
         reactor = self.ctx.reactor
         reactor.cancel(self._retry_timer)
         reactor.cancel(self._tick_timer)
