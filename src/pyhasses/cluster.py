@@ -634,8 +634,7 @@ class Cluster:
         self.closing = True
         self._answer_lost_acks("the daemon stopped before it read the message back; Redis holds it and the "
                                "other nodes deliver it")
-        for seq in list(self._acks):
-            self.ctx.log.error(f"Redis: message {seq} of this node: not confirmed by Redis at shutdown")
+        for seq in list(self._acks):  # not confirmed: the count is logged below
             self._acks.pop(seq)(_json_line({"ok": False, "stored": False, "error":
                                             "the daemon stopped before Redis confirmed the message; "
                                             "it may not be stored"}))
