@@ -104,8 +104,9 @@ class HoldingProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.held = False
+        self.stalled = None  # index of the connection whose requests are held back
         self._lock = threading.Lock()
-        self._pairs = []  # [node socket, redis socket, bytes held for the node]
+        self._pairs = []  # [node socket, redis socket, bytes held for the node, bytes held for Redis]
         self._stopping = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -122,6 +123,17 @@ class HoldingProxy:
         with self._lock:
             self.held = False
 
+    def stall_requests(self, index: int):
+        """Hold back what the node sends on its ``index``-th connection (in
+        the order the node opened them; a node opens its command connection
+        first, then its reader): Redis never sees those commands."""
+        with self._lock:
+            self.stalled = index
+
+    def resume_requests(self):
+        with self._lock:
+            self.stalled = None
+
     def _run(self):
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, None)
@@ -130,7 +142,7 @@ class HoldingProxy:
                 if key.data is None:
                     node, _ = self.listener.accept()
                     upstream = socket.create_connection(("127.0.0.1", self.redis_port))
-                    pair = [node, upstream, bytearray()]
+                    pair = [node, upstream, bytearray(), bytearray()]
                     self._pairs.append(pair)
                     sel.register(node, selectors.EVENT_READ, (pair, 0))
                     sel.register(upstream, selectors.EVENT_READ, (pair, 1))
@@ -147,16 +159,18 @@ class HoldingProxy:
                     self._pairs.remove(pair)
                     continue
                 if side == 0:
-                    pair[1].sendall(data)
+                    pair[3] += data
                 else:
                     pair[2] += data
             with self._lock:
-                held = self.held
-            if not held:
-                for pair in self._pairs:
-                    if pair[2]:
-                        pair[0].sendall(pair[2])
-                        pair[2].clear()
+                held, stalled = self.held, self.stalled
+            for index, pair in enumerate(self._pairs):
+                if pair[3] and index != stalled:
+                    pair[1].sendall(pair[3])
+                    pair[3].clear()
+                if pair[2] and not held:
+                    pair[0].sendall(pair[2])
+                    pair[2].clear()
         for pair in self._pairs:
             for s in pair[:2]:
                 s.close()

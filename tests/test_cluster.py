@@ -302,6 +302,10 @@ def test_bad_url_and_refused_login_stop_the_start(tmp_path):
     bad = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
                      "--redis=http://127.0.0.1:6379")
     assert bad.returncode == 1 and "redis:// or unix://" in bad.stdout + bad.stderr
+    # Before: taken for unix:///redis.sock, a socket the operator never named.
+    relative = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
+                          "--redis=unix://run/redis.sock")
+    assert relative.returncode == 1 and "absolute path" in relative.stdout + relative.stderr
     locked = RedisServer(tmp_path, "--requirepass", "sesame", persistent=False)
     try:
         refused = run_module("pyhasses", "-nodaemon", f"-p={port}", "-murl=/sse", f"-cp={free_port()}",
@@ -457,3 +461,127 @@ def test_http_publishes_go_through_the_cluster_and_are_answered_in_order(cluster
     assert ids == sorted(set(ids))
     for client in (here, there):
         assert collect(client, 5, 10) == [(i, f"p{n}") for n, i in enumerate(ids)]
+
+
+def _ack_waiting(node, line: str) -> socket.socket:
+    """A writer that sends one publish asking for its acknowledgement and
+    half-closes, as ``printf ... | nc`` does; its answer is read later."""
+    writer = socket.create_connection(("127.0.0.1", node.cport), timeout=5)
+    writer.sendall(line.encode())
+    writer.shutdown(socket.SHUT_WR)
+    return writer
+
+
+def _answer(writer: socket.socket, timeout: float) -> dict:
+    writer.settimeout(timeout)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = writer.recv(4096)  # a timeout here is the bug: a writer left waiting
+        assert chunk, f"closed without an answer after {data!r}"
+        data += chunk
+    writer.close()
+    return json.loads(data)
+
+
+def _reader_stalled(node, lagging):
+    """The node's reader asks Redis nothing more: it reads nothing new."""
+    lagging.stall_requests(1)
+    # The XREAD already in Redis ends within its BLOCK time; then none is left.
+    def last_read_ended():
+        age = node.control_json("tcpstatus")["lastreadage"]
+        return age is not None and age > cluster_module.READ_BLOCK_MS / 1000 + 0.3
+
+    wait_until(last_read_ended, 5, what="the node's last read to end")
+
+
+def test_acknowledgement_of_a_message_redis_lost_before_the_read_back_is_answered(cluster, redis, lagging):
+    a = cluster(url=lagging.url)
+    live = stream(a)
+    a.wait_clients(1)
+    _reader_stalled(a, lagging)
+    writer = _ack_waiting(a, '{"to": "room1", "data": "lost", "ack": true}\n')
+    wait_until(lambda: redis.command("XLEN", "t:events") == 1, 5, what="the message in Redis")
+    assert redis.command("FLUSHALL") == b"OK"
+    answer = _answer(writer, 5)  # the epoch changes within a second; before the fix: no answer, ever
+    assert answer["ok"] is False and answer["stored"] is True and "lost its data" in answer["error"]
+    lagging.resume_requests()
+    wait_until(lambda: b"event: reset" in live.sock.recv(65536), 5, what="the reset on the stream")
+    assert json.loads(a.control('{"to": "room1", "data": "next", "ack": true}\n'))["ok"] is True
+
+
+def test_acknowledgement_of_a_message_trimmed_before_the_read_back_is_answered(cluster, redis, lagging):
+    a = cluster("--history-count=1000", url=lagging.url)
+    b = cluster("--history-count=1000")
+    _reader_stalled(a, lagging)
+    writer = _ack_waiting(a, '{"to": "room1", "data": "trimmed", "ack": true}\n')
+    wait_until(lambda: redis.command("XLEN", "t:events") == 1, 5, what="the message in Redis")
+    for lo in range(0, 3000, 500):  # MAXLEN ~ 1000 takes a's entry away
+        b.control("".join(f"room1=m{i}\n" for i in range(lo, lo + 500)))
+    assert b"trimmed" not in repr(redis.command("XRANGE", "t:events", "-", "+", "COUNT", 1)).encode()
+    lagging.resume_requests()
+    answer = _answer(writer, 5)  # before the fix: no answer, ever
+    assert answer["ok"] is False and answer["stored"] is True and "trimmed" in answer["error"]
+    assert json.loads(a.control('{"to": "room1", "data": "next", "ack": true}\n'))["ok"] is True
+
+
+def test_a_redis_that_stops_answering_is_left_and_the_node_reconnects(cluster, redis):
+    import signal
+
+    a = cluster()
+    client = stream(a)
+    a.wait_clients(1)
+    redis.proc.send_signal(signal.SIGSTOP)  # connections stay open; nothing answers
+    try:
+        # Before the fix the link stayed "up" for ever, publishes waiting unseen.
+        wait_until(lambda: a.control_json("tcpstatus")["redis"] != "up", cluster_module.LINK_SILENCE + 3,
+                   what="the silent link to be given up")
+        a.wait_log(r"link down \(no answer on the \w+ connection", 2)
+        a.control("room1=while-silent\n")
+        assert a.control_json("tcpstatus")["spooled"] >= 1
+        client.expect_nothing(0.2)  # the stream is served (heartbeats aside, nothing yet)
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    assert [d for _, d in collect(client, 1, 15)] == ["while-silent"]
+    wait_until(lambda: a.control_json("tcpstatus")["redis"] == "up", 10, what="the link back")
+    assert json.loads(a.control('{"to": "room1", "data": "after", "ack": true}\n'))["ok"] is True
+    assert [d for _, d in collect(client, 1, 5)] == ["after"]
+    client.expect_nothing(0.3)  # the message sent on the dead link too is stored once
+
+
+def test_a_redis_that_accepts_and_never_answers_does_not_hold_the_node(tmp_path):
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    import threading
+
+    def accept():
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    node = Daemon(tmp_path, f"--redis=redis://127.0.0.1:{silent.getsockname()[1]}/0")  # ready once the login check gave up
+    try:
+        client = stream(node)
+        node.wait_clients(1)
+        node.wait_log(r"link down \(no answer on the \w+ connection", cluster_module.LINK_SILENCE + 3)
+        wait_until(lambda: len(accepted) >= 5, 10, what="a new attempt")  # login check, two links, two more
+        assert node.control_json("tcpstatus")["redis"] in ("down", "connecting")
+        client.close()
+    finally:
+        node.stop()
+        silent.close()
+        for s in accepted:
+            s.close()
+
+
+def test_a_node_stopping_answers_every_acknowledgement_still_waiting(cluster, redis):
+    a = cluster()
+    redis.kill()
+    wait_until(lambda: a.control_json("tcpstatus")["redis"] == "down", 5, what="the link to go down")
+    writer = _ack_waiting(a, '{"to": "room1", "data": "spooled", "ack": true}\n')
+    wait_until(lambda: a.control_json("tcpstatus")["spooled"] == 1, 5, what="the message in the spool")
+    a.stop()
+    answer = _answer(writer, 5)  # before the fix: the connection closed without a word
+    assert answer["ok"] is False and answer["stored"] is False and "stopped" in answer["error"]

@@ -32,6 +32,7 @@ def test_unix_socket_url():
     ("redis://127.0.0.1:99999", "out of range"),
     ("redis://127.0.0.1:6379/zero", "database"),
     ("unix://relative.sock", "absolute path"),
+    ("unix://run/redis/redis.sock", "absolute path"),  # not /redis/redis.sock
     ("rediss://h:1", "scheme"),
 ])
 def test_bad_urls_say_why(url, words):

@@ -64,10 +64,15 @@ NODE_EXPIRY = 5.0
 #: already: a message sent again after a broken link is stored once, so every
 #: node's entries stand in the stream in the order the node accepted them
 #: (a reader skipping second copies could not restore that order once
-#: trimming had taken the first copies).  Returns nil for a second copy.
+#: trimming had taken the first copies).  Returns the new entry's id, or for
+#: a second copy a list holding the stream's newest id: the first copy is at
+#: or before it, so a reader past it has read that copy or found it gone.
 APPEND_SCRIPT = """
 local seq = tonumber(ARGV[2])
-if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then return false end
+if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  return {newest and newest[1] or '0-0'}
+end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', 86400)
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's', ARGV[2], 'm', ARGV[4])
 """
@@ -75,6 +80,11 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's
 #: waits for this node to read it (the node lags the one that served the
 #: client) before it gets a reset instead.
 AHEAD_WAIT = 3.0
+#: A connection that owes an answer and has heard nothing for this long
+#: (past an XREAD's own BLOCK time) is taken for dead and made again: a
+#: Redis that accepts and never answers, or a link gone silent without a
+#: reset, would otherwise leave the node "connecting" or "up" for ever.
+LINK_SILENCE = READ_BLOCK_MS / 1000 + 4.0
 #: Reconnect delays: doubled each failure from MIN to MAX, times 0.5-1.5.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -178,6 +188,7 @@ class Cluster:
         self._spool: list = []         # (seq, append args), oldest first
         self._sent: dict = {}          # seq -> append args, sent and not yet confirmed
         self._acks: dict = {}          # seq -> reply function waiting for the read-back
+        self._acks_stored: dict = {}   # seq -> (ms, seq) its entry is at or before, once Redis confirmed it
         self._seen: dict = {}          # node id -> highest sequence delivered
         self._failures = 0
         self._retry_timer = None
@@ -309,6 +320,8 @@ class Cluster:
         stream holds, and clients may have missed events.  Every stream
         gets a reset; the history starts again."""
         self.counters["epochs"] += 1
+        self._answer_lost_acks("Redis lost its data (a new epoch began) before this node read the message back; "
+                               "it may be lost")
         self.ctx.history.clear()
         self._seen.clear()
         hub = self.ctx.hub
@@ -373,6 +386,9 @@ class Cluster:
             entries = reply[0][1]
             self._deliver(entries, live=True)
             self.last_stream_id = entries[-1][0]
+        if self._acks_stored:
+            self._answer_passed_acks()
+        if reply:
             if self.ctx.replayer.waiting:
                 self.ctx.replayer.caught_up()
             # The next read is asked for once the first slice of this
@@ -423,6 +439,7 @@ class Cluster:
                 if node == me:
                     reply = self._acks.pop(seq, None)
                     if reply is not None:
+                        self._acks_stored.pop(seq, None)
                         reply(_json_line({"ok": True, "id": id_text, "stored": True, "delivered": delivered}))
         finally:
             if live:
@@ -508,10 +525,42 @@ class Cluster:
                 ack(_json_line({"ok": False, "error": f"Redis refused the message: {reply}"}))
             return
         self.counters["stored"] += 1
+        if seq in self._acks:
+            # Where the entry is (or, for a copy Redis held already, an id it
+            # is not after): a reader past it without the entry finds it gone.
+            self._acks_stored[seq] = _stream_position(reply[0] if isinstance(reply, list) else reply)
+
+    def _answer_passed_acks(self) -> None:
+        """The stream was read up to ``last_stream_id`` and the entries read
+        were delivered (which answered theirs): a confirmed entry at or
+        before it that is still waiting was trimmed (or lost) before this
+        node read it, and its writer is told so instead of waiting for ever."""
+        read_to = _stream_position(self.last_stream_id)
+        gone = []
+        for seq, at in self._acks_stored.items():
+            if at > read_to:
+                break  # confirmed in order: the rest lie further on
+            gone.append(seq)
+        if gone:
+            self._answer_lost_acks("Redis dropped the message (trimmed by MAXLEN, or lost) before this node "
+                                   "read it back", gone)
+
+    def _answer_lost_acks(self, reason: str, seqs=None) -> None:
+        for seq in list(self._acks_stored if seqs is None else seqs):
+            self._acks_stored.pop(seq, None)
+            ack = self._acks.pop(seq, None)
+            if ack is not None:
+                self.ctx.log.error(f"Redis: message {seq} of this node: {reason}")
+                ack(_json_line({"ok": False, "stored": True, "error": reason}))
 
     # -- registration and the cluster's view --------------------------------------
     def _tick(self) -> None:
         self._tick_timer = self.ctx.reactor.call_later(REGISTER_EVERY, self._tick)
+        now = time.monotonic()
+        for conn in (self.commands, self.reader):
+            if conn is not None and conn.silent_for(now) > LINK_SILENCE:
+                conn.close(f"no answer on the {conn.name} connection for {LINK_SILENCE:g} s")  # -> _down
+                return
         if self.link == "up":
             self._register()
             self._check_epoch()
@@ -578,8 +627,17 @@ class Cluster:
         ]
 
     def close(self) -> None:
-        """Leave the cluster: the registration is removed at once."""
+        """Leave the cluster: the registration is removed at once.  Every
+        acknowledgement still waiting is answered first (the writers'
+        connections close right after), so that no writer is left without
+        an answer."""
         self.closing = True
+        self._answer_lost_acks("the daemon stopped before it read the message back; Redis holds it and the "
+                               "other nodes deliver it")
+        for seq in list(self._acks):  # not confirmed: the count is logged below
+            self._acks.pop(seq)(_json_line({"ok": False, "stored": False, "error":
+                                            "the daemon stopped before Redis confirmed the message; "
+                                            "it may not be stored"}))
         reactor = self.ctx.reactor
         reactor.cancel(self._retry_timer)
         reactor.cancel(self._tick_timer)
@@ -590,6 +648,12 @@ class Cluster:
             self.ctx.log.error(f"Redis: {len(self._spool) + len(self._sent)} publish(es) not confirmed "
                                "by Redis at shutdown")
         _forget_node(self.address, self.nodes_key, self.node_id)
+
+
+def _stream_position(stream_id) -> tuple:
+    """A stream id (``b"MS-SEQ"``) as a tuple that compares as Redis does."""
+    ms, _, seq = bytes(stream_id).partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def _forget_node(address: resp.RedisAddress, key: str, node: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from typing import Callable, Optional
 
 from . import resp
@@ -46,6 +47,7 @@ class RedisConnection:
         self.connected = False
         self.ready = False
         self.closed = False
+        self.heard_at = 0.0  # monotonic time Redis last sent bytes (or the connect began)
         self._out = bytearray()
 
     # -- opening -------------------------------------------------------------
@@ -61,6 +63,7 @@ class RedisConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self.sock, self.fd = sock, sock.fileno()
+        self.heard_at = time.monotonic()
         code = sock.connect_ex(target)
         if code not in (0, errno.EINPROGRESS, errno.EAGAIN):
             sock.close()
@@ -98,6 +101,20 @@ class RedisConnection:
         if not self.closed:
             self._flush()
 
+    def silent_for(self, now: float) -> float:
+        """Seconds Redis has owed an answer (the connect and login included)
+        without sending a byte; 0 when nothing is owed, or when bytes are
+        waiting unread (a loop pass that took long is not Redis' silence)."""
+        if self.closed or not self.talk.outstanding:
+            return 0.0
+        if self.connected:
+            try:
+                self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return 0.0  # bytes (or the close) are there for the next pass
+            except OSError:
+                pass  # nothing waiting (EAGAIN), or an error the next read reports
+        return now - self.heard_at
+
     @property
     def queued_bytes(self) -> int:
         return len(self._out)
@@ -126,6 +143,7 @@ class RedisConnection:
         if not data:
             self.close("Redis closed the connection")
             return
+        self.heard_at = time.monotonic()
         try:
             answers = self.talk.feed(data)
         except resp.ProtocolFault as exc:

@@ -71,7 +71,9 @@ def parse_url(url: str) -> RedisAddress:
         password, user = user, None  # redis://secret@host: the password alone
     query = urllib.parse.parse_qs(parts.query)
     if parts.scheme in ("unix", "redis+unix"):
-        if not parts.path.startswith("/"):
+        # unix://run/redis.sock reads as host "run", path "/redis.sock":
+        # a host here means a path that was meant relative, not /redis.sock.
+        if parts.hostname or not parts.path.startswith("/"):
             raise UrlError(f"--redis {url!r}: a Unix socket needs an absolute path (unix:///run/redis.sock)")
         return RedisAddress(path=parts.path, db=_db(query.get("db", ["0"])[0], url), user=user, password=password)
     if parts.scheme != "redis":

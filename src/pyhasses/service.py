@@ -538,15 +538,20 @@ class Daemon:
         """End every stream with the terminating chunk, then close all."""
         for listener in self.listeners:
             listener.close()
+        if self.cluster is not None:  # first: it answers the publishers still waiting for an ack
+            self.cluster.close()
         for client in list(self.hub.clients):
             client.last_words()
             client.close("daemon stopping", quiet=True)
         for conn in list(self.control_clients):
+            if conn.queued_bytes():
+                try:
+                    conn.flush()  # one try for a last answer, as a stream's last words
+                except OSError:
+                    pass
             conn.close("daemon stopping", quiet=True)
         if self.fifo is not None:
             self.fifo.close()
-        if self.cluster is not None:
-            self.cluster.close()
         self.wiring.reserve.close()
         self.reactor.close()
 
