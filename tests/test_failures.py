@@ -12,7 +12,7 @@ import pytest
 
 from inprocess import world  # noqa: F401 (a fixture)
 from pyhasses import delivery, errors
-from pyhasses.connections import Listener
+from pyhasses.listeners import Listener
 from pyhasses.reactor import READABLE
 from support import free_port, pyhasses_env, wait_until
 

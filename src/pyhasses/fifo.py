@@ -6,7 +6,7 @@ owned by root or the run user, not world-writable unless asked for), the
 ownership and mode changes (always through the descriptor, never the path,
 so a user who can write the FIFO's directory cannot get a root-owned chown
 of another file), and the start-up lines saying who can write to it.
-Must not touch: what is read from it (connections.FifoReader frames that).
+Must not touch: what is read from it (control_channels.FifoReader frames that).
 """
 
 from __future__ import annotations

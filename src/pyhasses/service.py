@@ -24,7 +24,8 @@ import time
 from typing import List, Optional
 
 from . import __version__, auth, delivery, fifo, http, metrics, tls
-from .connections import DescriptorReserve, Listener, MetricsClient, Refused, Wiring, describe_peer
+from .connections import MetricsClient, Refused, Wiring
+from .listeners import DescriptorReserve, Listener, describe_peer
 from .control import AccessCounters, ControlHandler
 from .control_channels import ControlClient, ControlTurns, FifoReader, peer_credentials
 from .daemonize import detach, drop_privileges
