@@ -153,8 +153,9 @@ def test_index_agrees_with_a_plain_model_through_joins_and_leaves():
 
 
 def test_a_prefix_publish_looks_only_at_the_tokens_it_matches():
-    """PREFIX* finds its tokens by bisection: the hub's token dict is never
-    walked (it is replaced here by one that refuses iteration)."""
+    """PREFIX* finds its tokens by bisection: the sorted index is made once,
+    at the first prefix message, and from then on the hub's token dict is
+    never walked (it is replaced here by one that refuses iteration)."""
     from pyhasses.hub import Hub, parse_target
 
     class NoScan(dict):
@@ -164,7 +165,11 @@ def test_a_prefix_publish_looks_only_at_the_tokens_it_matches():
         __iter__ = keys = values = items
 
     hub = Hub()
-    hub._by_token._by_token = NoScan()
+    early = subscribed(hub, "early", ["newsflash"])
+    assert hub._by_token._sorted is None  # no prefix message yet: nothing paid for it
+    assert set(hub.recipients(parse_target("news*", 128))) == {early}
+    hub._by_token._by_token = NoScan(hub._by_token._by_token)
+    hub.disconnected(early)
     a = subscribed(hub, "a", ["news1", "other"])
     b = subscribed(hub, "b", ["news2", "newt"])
     c = subscribed(hub, "c", ["new"])
@@ -180,11 +185,12 @@ def test_the_prefix_index_follows_subscribe_and_unsubscribe():
     from pyhasses.hub import Hub, PrefixIndex
 
     hub = Hub()
-    x = subscribed(hub, "x", ["b", "a", "c"])
-    y = subscribed(hub, "y", ["a"])
+    x = subscribed(hub, "x", ["b", "a"])
+    list(hub._by_token.starting_with("z"))  # the first prefix query makes the index
+    y = subscribed(hub, "y", ["a", "c"])    # from then on it follows every change
     assert hub._by_token._sorted.starting_with("") == ["a", "b", "c"]
     hub.disconnected(x)
-    assert hub._by_token._sorted.starting_with("") == ["a"]
+    assert hub._by_token._sorted.starting_with("") == ["a", "c"]
     hub.disconnected(y)
     assert len(hub._by_token._sorted) == 0
     index = PrefixIndex()

@@ -79,8 +79,8 @@ class PrefixIndex:
 
     __slots__ = ("_sorted",)
 
-    def __init__(self):
-        self._sorted: list = []
+    def __init__(self, tokens=()):
+        self._sorted: list = sorted(tokens)
 
     def __len__(self) -> int:
         return len(self._sorted)
@@ -155,14 +155,19 @@ class TokenIndex:
 
     def __init__(self):
         self._by_token: dict = {}
-        self._sorted = PrefixIndex()  # the keys of _by_token: PREFIX* routing
+        # The keys of _by_token, sorted, for PREFIX* routing: made at the
+        # first such message and kept from then on.  Until then a handshake
+        # pays nothing for it (most sites never publish to a prefix; an
+        # insertion costs a memory move of the list's tail).
+        self._sorted = None
 
     def add(self, token: str, client) -> None:
         by_token = self._by_token
         members = by_token.get(token)
         if members is None:
             by_token[token] = client
-            self._sorted.add(token)
+            if self._sorted is not None:
+                self._sorted.add(token)
         elif type(members) is dict:
             members[client] = None
         else:
@@ -173,7 +178,8 @@ class TokenIndex:
         members = by_token.get(token)
         if members is client:
             del by_token[token]
-            self._sorted.discard(token)
+            if self._sorted is not None:
+                self._sorted.discard(token)
         elif type(members) is dict:
             members.pop(client, None)
             if len(members) == 1:
@@ -193,6 +199,8 @@ class TokenIndex:
         """The members (as ``members`` gives them) of every token that starts
         with ``prefix``, found by bisection, not by a scan of every token."""
         by_token = self._by_token
+        if self._sorted is None:
+            self._sorted = PrefixIndex(by_token)
         for token in self._sorted.starting_with(prefix):
             members = by_token[token]
             yield members if type(members) is dict else (members,)
