@@ -333,7 +333,7 @@ def test_a_get_with_a_second_request_in_its_body_never_reads_the_secret(daemon_f
     "[" * 100_000 + "]" * 100_000,
     '{"a":' * 100_000 + "1" + "}" * 100_000,
     "[" * 100_000,
-])
+], ids=["array", "object", "unclosed"])  # short ids: pytest puts the id in the environment of every child
 def test_json_nested_100000_deep_gets_an_error_and_the_connection_goes_on(daemon_factory, nested):
     d = daemon_factory()
     c = stream(d, "t")

@@ -155,7 +155,7 @@ def test_nginx_snippet_is_valid_and_proxies_a_resumable_stream(daemon_factory, t
     conf = tmp_path / "nginx.conf"
     temp = "\n".join(f"    {kind}_temp_path {tmp_path}/{kind};" for kind in
                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    location = point_at(snippet("proxy_pass"), d.port)
+    location = point_at(snippet("proxy_pass http://127.0.0.1:8080"), d.port)
     conf.write_text(f"""
 daemon off;
 master_process off;
@@ -217,6 +217,6 @@ ErrorLog {tmp_path}/error.log
 
 def test_readme_holds_both_snippets():
     text = (ROOT / "README.rst").read_text()
-    assert re.search(r"location /sse \{", snippet("proxy_pass"))
+    assert re.search(r"location /sse \{", snippet("proxy_pass http://127.0.0.1:8080"))
     assert "ProxyPass" in snippet("<Location")
     assert text.index(".. -- delivery --") < text.index("Behind a reverse proxy")
