@@ -1,6 +1,7 @@
 """Attacks from outside that once hurt a publisher or a client (issue 15,
 second round): each test is one attack on a real daemon over real sockets."""
 
+import contextlib
 import json
 import socket
 import threading
@@ -11,6 +12,22 @@ import pytest
 from support import SseClient, wait_until
 from test_hostile import Pinger, send_all
 from tls_support import open_stream, selfsigned, ssl_args
+
+
+@contextlib.contextmanager
+def idle_streams(d, count: int):
+    """``count`` established streams on tokens of their own, open for the block."""
+    socks = []
+    try:
+        for n in range(count):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            s.sendall(f"GET /sse?subscribe=idle{n}&id=c{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
+            socks.append(s)
+        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == count, 30, what=f"{count} streams")
+        yield
+    finally:
+        for s in socks:
+            s.close()
 
 
 def stream(d, subscribe) -> SseClient:
@@ -41,13 +58,7 @@ def test_a_burst_of_commands_that_walk_every_stream_does_not_stall_1000_streams(
     of them is worked off over several loop passes, its writer unread
     meanwhile, and every reply arrives."""
     d = daemon_factory("--heartbeat", "0")
-    socks = []
-    try:
-        for n in range(1000):
-            s = socket.create_connection(("127.0.0.1", d.port))
-            s.sendall(f"GET /sse?subscribe=idle{n}&id=c{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
-            socks.append(s)
-        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 1000, 30, what="1000 streams")
+    with idle_streams(d, 1000):
         with Pinger(d) as pinger:
             time.sleep(0.3)
             replies = send_all(d.cport, f"{command}\n".encode() * count)
@@ -60,9 +71,6 @@ def test_a_burst_of_commands_that_walk_every_stream_does_not_stall_1000_streams(
         elif command == "tcpmetrics":
             assert replies.count(b"\npyhasses_messages_total ") == count  # one set of figures per command
         assert d.alive()
-    finally:
-        for s in socks:
-            s.close()
 
 
 def vm_peak_kib(pid: int, key: str = "VmHWM:") -> int:
@@ -115,13 +123,7 @@ def test_ten_writers_of_clientlist_bursts_do_not_stall_600_streams(daemon_factor
     """The budget of a loop pass is shared by every control writer, who take
     turns: ten connections at once cost the streams no more than one."""
     d = daemon_factory("--heartbeat", "0")
-    socks = []
-    try:
-        for n in range(600):
-            s = socket.create_connection(("127.0.0.1", d.port))
-            s.sendall(f"GET /sse?subscribe=idle{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
-            socks.append(s)
-        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 600, 30, what="600 streams")
+    with idle_streams(d, 600):
         with Pinger(d) as pinger:
             time.sleep(0.3)
             writers = [threading.Thread(target=send_all, args=(d.cport, b"clientlist\n" * 15)) for _ in range(10)]
@@ -132,9 +134,6 @@ def test_ten_writers_of_clientlist_bursts_do_not_stall_600_streams(daemon_factor
             time.sleep(0.5)
         assert pinger.worst() < 0.5, pinger.worst()
         wait_until(lambda: d.log().count("requested client list") == 150, 10, what="every clientlist logged")
-    finally:
-        for s in socks:
-            s.close()
 
 
 
@@ -143,13 +142,7 @@ def test_parts_waiting_their_turn_are_not_lost_when_the_writer_goes_idle(daemon_
     part unterminated: the idle flush takes the tail as whole and runs it
     after the parts before it, it never drops them."""
     d = daemon_factory("--heartbeat", "0", "--idle-flush", "0.05")
-    socks = []
-    try:
-        for n in range(1000):
-            s = socket.create_connection(("127.0.0.1", d.port))
-            s.sendall(f"GET /sse?subscribe=idle{n} HTTP/1.1\r\nConnection: keep-alive\r\n\r\n".encode())
-            socks.append(s)
-        wait_until(lambda: d.control_json("tcpstatus")["sseconncli"] == 1000, 30, what="1000 streams")
+    with idle_streams(d, 1000):
         with socket.create_connection(("127.0.0.1", d.cport), timeout=30) as s:
             s.sendall(b"tcpclientlist\n" * 60 + b"tcpnumberofclients")  # the tail has no line end
             replies, started = b"", time.monotonic()
@@ -160,6 +153,3 @@ def test_parts_waiting_their_turn_are_not_lost_when_the_writer_goes_idle(daemon_
         lines = replies.splitlines()
         assert len(lines) == 61, len(lines)
         assert json.loads(lines[-1]) == {"numberofclients": 1000}
-    finally:
-        for s in socks:
-            s.close()
