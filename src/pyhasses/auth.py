@@ -305,7 +305,7 @@ def bearer(head) -> Optional[bytes]:
 
 def publisher(head, key: Key, now: Optional[float] = None) -> Union[Grants, Deny]:
     """The grants of an HTTP publish's bearer token, or 401: asked at the
-    head, before a body is read, and again with the body."""
+    head, before a body is read."""
     raw = bearer(head)
     if raw is None:
         return Deny(401, "no token (Authorization: Bearer)")
@@ -321,6 +321,13 @@ def check_publish(head, body: bytes, key: Key, max_token_length: int, max_messag
     grants = publisher(head, key, now)
     if isinstance(grants, Deny):
         return grants
+    return publish_body(grants, head, body, max_token_length, max_message_bytes, max_part_bytes)
+
+
+def publish_body(grants: Grants, head, body: bytes, max_token_length: int, max_message_bytes: int,
+                 max_part_bytes: int) -> Union[Publish, Deny]:
+    """The body of an HTTP publish whose token gave ``grants`` (``publisher``,
+    asked once, at the head): 400/413, or 403 for a target not granted."""
     if len(body) > max_part_bytes:
         return Deny(413, f"body over {max_part_bytes} bytes")
     parsed = parse_publish_body(head, body, max_token_length, max_message_bytes)

@@ -57,22 +57,12 @@ class AccessSetup:
     control_secret: Optional[bytes] = None
 
 
-#: Access options the daemon would refuse to start with because nothing
-#: enforces them yet: an operator must never believe something is checked
-#: when it is not.  Empty: the SSE port checks both keys (session.py).
-NOT_ENFORCED_YET: tuple = ()
-
-
 def read_access(settings: Settings) -> AccessSetup:
     try:
         sub = auth.load_key(settings.subscriber_key) if settings.subscriber_key else None
         pub = auth.load_key(settings.publisher_key) if settings.publisher_key else None
     except auth.KeyFileError as exc:
         raise StartError(str(exc)) from None
-    for name in NOT_ENFORCED_YET:
-        if getattr(settings, name):
-            raise StartError(f"--{name.replace('_', '-')}: the key is valid, but this build does not check "
-                             "the SSE port with it yet; refusing to start rather than run unchecked")
     secret = None
     if settings.control_secret_file:
         secret = read_secret(settings.control_secret_file, settings.separator)

@@ -81,12 +81,14 @@ def _asks_close(head: http.RequestHead) -> bool:
 
 
 class _Body:
-    """An HTTP publish being read: its head, its length, what came so far."""
+    """An HTTP publish being read: its head, its token's grants, its length,
+    what came so far."""
 
-    __slots__ = ("head", "length", "body")
+    __slots__ = ("head", "grants", "length", "body")
 
-    def __init__(self, head: http.RequestHead, length: int):
+    def __init__(self, head: http.RequestHead, grants, length: int):
         self.head = head
+        self.grants = grants
         self.length = length
         self.body = bytearray()
 
@@ -312,7 +314,7 @@ class StreamSession:
         if len(reading.body) < reading.length:
             return b""
         self.reader = None
-        actions.append(self._on_publish(reading.head, bytes(reading.body)))
+        actions.append(self._on_publish(reading, bytes(reading.body)))
         return data[take:] if self.state == NEW else b""
 
     #: Who reads bytes in each state (but END); each returns the bytes left.
@@ -357,15 +359,14 @@ class StreamSession:
         a client without one), then the length (413 before reading)."""
         rules = self.rules
         settings = rules.settings
-        verdict = auth.publisher(head, rules.policy.publisher_key, rules.wall())
-        if not isinstance(verdict, auth.Deny):
-            verdict = auth.body_length(head, settings.max_part_bytes)
+        grants = auth.publisher(head, rules.policy.publisher_key, rules.wall())
+        verdict = grants if isinstance(grants, auth.Deny) else auth.body_length(head, settings.max_part_bytes)
         if isinstance(verdict, auth.Deny):
             rules.access.publishdenied += 1
             actions.append(self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason)))
             return b""
         self.state = BODY
-        self.reader = _Body(head, verdict)
+        self.reader = _Body(head, grants, verdict)
         if not verdict and not rest:
             return self._on_body_bytes(b"", actions)  # an empty body is complete at once
         if verdict and not rest and _expects_continue(head):
@@ -373,11 +374,12 @@ class StreamSession:
             actions.append(Interim(b"HTTP/1.1 100 Continue\r\n\r\n"))
         return rest
 
-    def _on_publish(self, head: http.RequestHead, body: bytes) -> Action:
+    def _on_publish(self, reading: _Body, body: bytes) -> Action:
         rules = self.rules
         settings = rules.settings
-        verdict = auth.check_publish(head, body, rules.policy.publisher_key, settings.max_token_length,
-                                     settings.max_message_bytes, settings.max_part_bytes, rules.wall())
+        head = reading.head
+        verdict = auth.publish_body(reading.grants, head, body, settings.max_token_length,
+                                    settings.max_message_bytes, settings.max_part_bytes)
         if isinstance(verdict, auth.Deny):
             rules.access.publishdenied += 1
             return self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason))

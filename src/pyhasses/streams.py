@@ -21,6 +21,27 @@ from .outbox import Outbox
 from .sse import LAST_CHUNK
 
 
+class PublishReply:
+    """One HTTP publish's place among its connection's answers: the
+    ``later`` of ControlHandler.publish, filled at once on one node, or
+    when a cluster has read the message back."""
+
+    __slots__ = ("client", "keep_alive", "answer")
+
+    def __init__(self, client, keep_alive: bool):
+        self.client = client
+        self.keep_alive = keep_alive
+        self.answer = None
+
+    def expect_answer(self) -> None:
+        self.client._publish_replies.append(self)
+
+    def late_answer(self, answer: bytes) -> None:
+        self.answer = answer
+        if not self.client.closed:
+            self.client._send_publish_replies()
+
+
 class SseClient(Connection):
     """A browser's connection: bytes to its ``StreamSession``, the session's
     actions carried out, and the hub's deliveries queued.
@@ -140,41 +161,30 @@ class SseClient(Connection):
     def _do_Interim(self, action: session.Interim) -> None:
         self.write(action.data)
 
-    # HTTP publishes awaiting their answer, oldest first: [keep_alive, ack or
-    # None].  On a cluster an acknowledgement comes once the message was read
-    # back from Redis (``late_answer``); answers leave in request order.
-    # Made on first use: an idle stream carries none.
+    # HTTP publishes awaiting their answer (PublishReply), oldest first: on
+    # a cluster an acknowledgement comes once the message was read back from
+    # Redis, and answers leave in request order.  Made on first use: an idle
+    # stream carries none.
     _publish_replies = None
 
     def _do_Publish(self, action: session.Publish) -> None:
         if self._publish_replies is None:
             self._publish_replies = collections.deque()
-        self._next_keep_alive = action.keep_alive
-        ack = self.ctx.publish(action.message, f"HTTP publish {self.peer}", self)
-        if ack is not None:
-            self._publish_replies.append([action.keep_alive, ack])
+        reply = PublishReply(self, action.keep_alive)
+        ack = self.ctx.publish(action.message, f"HTTP publish {self.peer}", reply)
+        if ack is not None:  # answered now (one node, or refused at once)
+            reply.answer = ack
+            self._publish_replies.append(reply)
         self._send_publish_replies()
         if action.keep_alive:
             self._start_handshake_timer()  # the next request has the same time
 
-    def expect_answer(self) -> None:
-        self._publish_replies.append([self._next_keep_alive, None])
-
-    def late_answer(self, answer: bytes) -> None:
-        if self.closed:
-            return
-        for slot in self._publish_replies:
-            if slot[1] is None:
-                slot[1] = answer
-                break
-        self._send_publish_replies()
-
     def _send_publish_replies(self) -> None:
         replies = self._publish_replies
-        while replies and replies[0][1] is not None:
-            keep_alive, ack = replies.popleft()
-            self.write(self.session.publish_reply(ack))
-            if not keep_alive:
+        while replies and replies[0].answer is not None:
+            reply = replies.popleft()
+            self.write(self.session.publish_reply(reply.answer))
+            if not reply.keep_alive:
                 self.close_after_flush()
 
     def _do_Close(self, action: session.Close) -> None:
