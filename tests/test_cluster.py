@@ -372,7 +372,7 @@ def test_template_unit_and_readme_node_config_fit_together(tmp_path):
     assert settings.redis == "redis://127.0.0.1:6379/0" and settings.reuse_port and settings.control.port == 8091
 
 
-def test_messages_trimmed_before_a_node_read_them_give_its_streams_a_reset(cluster):
+def test_messages_trimmed_before_a_node_read_them_give_its_streams_a_reset(cluster, redis):
     import signal
 
     a, b = cluster("--history-count=1000"), cluster("--history-count=1000")
@@ -382,6 +382,9 @@ def test_messages_trimmed_before_a_node_read_them_give_its_streams_a_reset(clust
     try:
         for lo in range(0, 4000, 500):
             b.control("".join(f"room1=m{i}\n" for i in range(lo, lo + 500)))
+        # b's last XADDs may still be on their way when its control connection closes.
+        wait_until(lambda: b"m3999" in repr(redis.command("XREVRANGE", "t:events", "+", "-", "COUNT", 1)).encode(),
+                   10, what="the last message in Redis")
     finally:
         a.proc.send_signal(signal.SIGCONT)
     deadline = time.monotonic() + 10
