@@ -345,12 +345,14 @@ def parse_head(head: bytes):
     # do we, on every httptools release.
     if head.count(b"\n") != head.count(b"\r\n"):
         head = _BARE_LF.sub(b"\r\n", head)
-    line = head[:head.find(b"\r\n")]
-    request_line = _REQUEST_LINE.match(line)
+    # A well-formed head (nearly every one) is judged by one pass of the
+    # grammar; only a refused one is looked at again, for the right answer.
+    whole = _HEAD.match(head)
+    request_line = whole if whole is not None else _REQUEST_LINE.match(head, 0, max(0, head.find(b"\r\n")))
     if request_line is None:
-        return BadHead(400, f"malformed request line: {line[:80]!r}")
+        return BadHead(400, f"malformed request line: {_first_line(head)!r}")
     if request_line.group(1) not in READABLE_VERSIONS:
-        return BadHead(501, f"unsupported request line: {line[:80]!r}")
+        return BadHead(501, f"unsupported request line: {_first_line(head)!r}")
     collector = _Collector()
     parser = httptools.HttpRequestParser(collector)
     try:
@@ -358,15 +360,21 @@ def parse_head(head: bytes):
     except httptools.HttpParserUpgrade:
         pass  # "Connection: keep-alive, Upgrade": the head itself is complete
     except httptools.HttpParserInvalidMethodError:
-        return BadHead(501, f"unsupported request line: {line[:80]!r}")
+        return BadHead(501, f"unsupported request line: {_first_line(head)!r}")
     except httptools.HttpParserError as exc:
         return BadHead(400, f"malformed header field: {exc}")
     if not collector.done:
         return BadHead(400, "incomplete request head")
-    if not _HEAD.match(head):
+    if whole is None:
         return BadHead(400, "malformed request head")
     return RequestHead(parser.get_method(), collector.target, parser.get_http_version(),
                        collector.headers, collector.fields)
+
+
+def _first_line(head: bytes) -> bytes:
+    """A head's request line, as much of it as a log line shows."""
+    end = head.find(b"\r\n")
+    return head[:end if 0 <= end < 80 else 80]
 
 
 # -- deciding what a head asks for -------------------------------------------
@@ -452,7 +460,7 @@ def decide(head: RequestHead, match_url: str, max_token_length: int, max_subscri
     too_long = [t for t in tokens if len(t) > max_token_length]
     if too_long:
         return FixedAnswer(400, "error", f"token longer than {max_token_length} characters")
-    if max_subscriptions and len(set(tokens)) > max_subscriptions:
+    if max_subscriptions and len(tokens) > max_subscriptions and len(set(tokens)) > max_subscriptions:
         return FixedAnswer(400, "error", f"more than {max_subscriptions} tokens (--max-subscriptions)")
     agent = (head.header(b"user-agent") or b"").decode("utf-8", "replace")
     return StreamRequest(tokens=tokens, uniq_id=params.get("id", "")[:64], agent=agent, head=head,
@@ -479,6 +487,8 @@ def keeps_alive(head: RequestHead) -> bool:
     value = head.header(b"connection")
     if value is None:
         return False
+    if value == b"keep-alive":  # what nearly every client sends
+        return True
     return any(t.strip().lower() == b"keep-alive" for t in value.split(b","))
 
 
