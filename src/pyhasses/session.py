@@ -101,6 +101,12 @@ def _expects_continue(head: http.RequestHead) -> bool:
 # -- actions ------------------------------------------------------------------
 class Action:
     __slots__ = ()
+    #: The connection's method for it: ``_do_<class name>`` (set below).
+    carried_out_by = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.carried_out_by = "_do_" + cls.__name__
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)

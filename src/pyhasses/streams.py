@@ -72,8 +72,7 @@ class SseClient(Connection):
         self.agent = ""
         self.connected_at = time.time()
         self.reinit_count = 0
-        self._timer = None
-        self._start_handshake_timer()
+        self._timer = ctx.reactor.call_later(self.session.handshake_timeout, self._handshake_over)
         ctx.hub.connected(self)
         if ctx.log.informing:
             ctx.log.info(f"Connect from {peer} as <{self.fd}> (clients: {len(ctx.hub.clients)})")
@@ -117,7 +116,7 @@ class SseClient(Connection):
         for action in actions:
             if self.closed:
                 return
-            getattr(self, "_do_" + type(action).__name__)(action)
+            getattr(self, action.carried_out_by)(action)
 
     def _do_Reinit(self, action) -> None:
         self.ctx.log.info(f"Re-initialize client <{self.fd}> {self.peer}")
