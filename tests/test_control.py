@@ -2,7 +2,7 @@
 
 import json
 
-from pyhasses.control import Command, Framer, Invalid, Message, Oversize, PipeReads, interpret
+from pyhasses.control import Command, Framer, Invalid, Message, Oversize, PipeReads, RETRY_RULE, interpret
 
 
 def frame(*chunks, sep=b";", limit=1 << 20, finish=False):
@@ -155,6 +155,24 @@ def test_the_number_of_excluded_ids_is_bounded():
     bad = interpret(json.dumps({"to": "r", "data": "m", "except": ["a", "b", "c"], "ack": True}).encode(),
                     128, 1 << 20, 2)
     assert isinstance(bad, Invalid) and bad.ack and "--max-except" in bad.reason
+
+
+def test_the_number_of_addresses_is_bounded():
+    to = [f"t{n}" for n in range(3)]
+    assert len(interpret(json.dumps({"to": to, "data": "m"}).encode(), 128, 1 << 20, 256, 3).targets) == 3
+    bad = interpret(json.dumps({"to": to + ["t3"], "data": "m", "ack": True}).encode(), 128, 1 << 20, 256, 3)
+    assert isinstance(bad, Invalid) and bad.ack and bad.reason == '"to" holds 4 addresses, more than 3 (--max-targets)'
+    unbounded = interpret(json.dumps({"to": to * 3000, "data": "m"}).encode(), 128, 1 << 20, 256, 0)
+    assert isinstance(unbounded, Message)  # 0: no limit
+    default = i(json.dumps({"to": [f"t{n}" for n in range(4097)], "data": "m"}))
+    assert isinstance(default, Invalid) and "more than 4096" in default.reason
+
+
+def test_retry_is_bounded_by_what_browser_timers_hold():
+    assert i(json.dumps({"to": "t", "data": "m", "retry": 2 ** 31 - 1})).retry == 2 ** 31 - 1
+    for retry in (2 ** 31, 10 ** 200, -1, 1.5, True, "5"):
+        bad = i(json.dumps({"to": "t", "data": "m", "retry": retry}))
+        assert isinstance(bad, Invalid) and bad.reason == RETRY_RULE, retry
 
 
 def test_json_nested_too_deeply_is_invalid_not_an_exception():

@@ -103,6 +103,33 @@ def test_max_except_is_an_option(daemon_factory):
     assert reply == {"ok": False, "error": '"except" holds 3 ids, more than 2 (--max-except)'}
 
 
+def test_a_huge_address_list_is_refused_and_other_streams_are_not_held_up(daemon_factory):
+    """A careless publisher's 100,000-address list took the loop ~0.7 s to
+    read, and every stream waited.  Now it is refused with a reason, and a
+    message published right after it reaches its stream at once."""
+    d = daemon_factory("--heartbeat", "0")
+    client = d.sse("room1")
+    big = json.dumps({"to": [f"user{n}" for n in range(100_000)], "data": "m", "ack": True})
+    with socket.create_connection(("127.0.0.1", d.cport), timeout=10) as s:
+        s.sendall(big.encode() + b'\n{"to": "room1", "data": "next", "ack": true}\n')
+        s.shutdown(socket.SHUT_WR)
+        sent = time.monotonic()
+        assert client.read_event(2)["data"] == "next"
+        waited = time.monotonic() - sent
+        replies = [json.loads(line) for line in _read_all(s, 5).splitlines()]
+    assert replies[0] == {"ok": False, "error": '"to" holds 100000 addresses, more than 4096 (--max-targets)'}
+    assert replies[1]["ok"] is True and replies[1]["delivered"] == 1
+    assert waited < 0.5, f"the next message waited {waited:.2f} s"
+    d.wait_log(r"more than 4096 \(--max-targets\)")
+
+
+def test_max_targets_is_an_option(daemon_factory):
+    d = daemon_factory("--max-targets", "2")
+    assert ack(d, {"to": ["a", "b"], "data": "m"})["ok"] is True
+    assert ack(d, {"to": ["a", "b", "c"], "data": "m"}) == {
+        "ok": False, "error": '"to" holds 3 addresses, more than 2 (--max-targets)'}
+
+
 def test_held_exclusion_lists_count_against_history_bytes(daemon_factory):
     """Events within every limit, each addressed with 256 long exclusion
     ids: the history's byte figure counts them, and so does the daemon's

@@ -241,6 +241,28 @@ def test_publish_refusals_over_the_wire(daemon_factory, key_file, tmp_path):
     assert "pyhasses_http_publishes_denied_total 8\n" in metrics and "pyhasses_streams_denied_total 0\n" in metrics
 
 
+def test_an_http_publish_is_held_to_the_control_channels_limits(daemon_factory, key_file):
+    """A form's retry in digits int() refuses ("²"), or in thousands of
+    digits, was an internal error that closed the connection without an
+    answer; --max-except and --max-targets held on the control channel only."""
+    daemon = daemon_factory(f"--publisher-key={key_file}", "--max-except=1", "--max-targets=2")
+    stream = daemon.sse("room1")
+    pub = ["-H", f"Authorization: Bearer {token(key_file, publish=['*'])}"]
+    rule = '"retry" must be a whole number of milliseconds, at most 2147483647'
+    for retry in ("%C2%B2", "9" * 5000, "2147483648", "-1"):
+        assert publish_status(daemon, *pub, "-d", f"to=room1&data=x&retry={retry}") == (400, rule + "\n"), retry
+    code, body = publish_status(daemon, *pub, "-d", "to=room1&data=x&except=a&except=b")
+    assert code == 400 and "--max-except" in body
+    code, body = publish_status(daemon, *pub, "-H", "Content-Type: application/json",
+                                "-d", json.dumps({"to": ["room1", "a", "b"], "data": "x"}))
+    assert code == 400 and "--max-targets" in body
+    stream.expect_nothing(0.3)
+    code, body = publish_status(daemon, *pub, "-d", "to=room1&to=a&data=y&retry=2147483647")
+    assert code == 200 and json.loads(body)["delivered"] == 1
+    assert stream.read_event()["retry"] == "2147483647"
+    assert "internal error" not in daemon.log()
+
+
 def test_without_a_publisher_key_the_publish_url_answers_as_before(daemon_factory, key_file):
     daemon = daemon_factory()
     code, _ = publish_status(daemon, "-H", f"Authorization: Bearer {token(key_file, publish=['*'])}",

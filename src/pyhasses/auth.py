@@ -316,21 +316,22 @@ def publisher(head, key: Key, now: Optional[float] = None) -> Union[Grants, Deny
 
 
 def check_publish(head, body: bytes, key: Key, max_token_length: int, max_message_bytes: int,
-                  max_part_bytes: int, now: Optional[float] = None) -> Union[Publish, Deny]:
+                  max_part_bytes: int, now: Optional[float] = None, **limits) -> Union[Publish, Deny]:
     """An HTTP publish: the token first (401/403), then the body (400/413)."""
     grants = publisher(head, key, now)
     if isinstance(grants, Deny):
         return grants
-    return publish_body(grants, head, body, max_token_length, max_message_bytes, max_part_bytes)
+    return publish_body(grants, head, body, max_token_length, max_message_bytes, max_part_bytes, **limits)
 
 
 def publish_body(grants: Grants, head, body: bytes, max_token_length: int, max_message_bytes: int,
-                 max_part_bytes: int) -> Union[Publish, Deny]:
+                 max_part_bytes: int, **limits) -> Union[Publish, Deny]:
     """The body of an HTTP publish whose token gave ``grants`` (``publisher``,
-    asked once, at the head): 400/413, or 403 for a target not granted."""
+    asked once, at the head): 400/413, or 403 for a target not granted.
+    ``limits``: ``max_except`` and ``max_targets``, as the control channel has them."""
     if len(body) > max_part_bytes:
         return Deny(413, f"body over {max_part_bytes} bytes")
-    parsed = parse_publish_body(head, body, max_token_length, max_message_bytes)
+    parsed = parse_publish_body(head, body, max_token_length, max_message_bytes, **limits)
     if isinstance(parsed, Deny):
         return parsed
     missing = uncovered(grants.publish, [_address(t) for t in parsed.targets])
@@ -347,8 +348,9 @@ def _address(target) -> str:
     return target.token + "*" if target.prefix else target.token
 
 
-def parse_publish_body(head, body: bytes, max_token_length: int,
-                       max_message_bytes: int) -> Union[control.Message, Deny]:
+def parse_publish_body(head, body: bytes, max_token_length: int, max_message_bytes: int,
+                       max_except: int = control.DEFAULT_MAX_EXCEPT,
+                       max_targets: int = control.DEFAULT_MAX_TARGETS) -> Union[control.Message, Deny]:
     """A form or JSON body to the Message the control channel's JSON form
     gives, through the same validation."""
     ctype = (head.header(b"content-type") or b"").split(b";")[0].strip().lower()
@@ -362,7 +364,8 @@ def parse_publish_body(head, body: bytes, max_token_length: int,
             return text
     else:
         return Deny(400, "Content-Type must be application/x-www-form-urlencoded or application/json")
-    parsed = control.interpret(text.encode("utf-8", "surrogateescape"), max_token_length, max_message_bytes)
+    parsed = control.interpret(text.encode("utf-8", "surrogateescape"), max_token_length, max_message_bytes,
+                               max_except, max_targets)
     if isinstance(parsed, control.Invalid):
         return Deny(400, parsed.reason)
     if not isinstance(parsed, control.Message):
@@ -385,8 +388,11 @@ def _form_to_json(body: bytes) -> Union[str, Deny]:
         elif name in obj:
             return Deny(400, f"form field {name!r} given twice")
         elif name == "retry":
-            if not value.isdigit():
-                return Deny(400, '"retry" must be a whole number of milliseconds')
+            # ASCII digits only ("²" is a digit to str.isdigit, not to int),
+            # and no more of them than the limit has: int() of thousands
+            # of digits raises, and costs.
+            if not (value.isascii() and value.isdigit()) or len(value) > len(str(control.MAX_RETRY_MS)):
+                return Deny(400, control.RETRY_RULE)
             obj[name] = int(value)
         else:
             obj[name] = value

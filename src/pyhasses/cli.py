@@ -128,6 +128,8 @@ OPTIONS = (
     Option((), "--max-token-length", "max_token_length", "N", "longest token, subscribed or addressed (default 128)", _int),
     Option((), "--max-except", "max_except", "N",
            "ids one JSON message may list in \"except\" (default 256); more: refused", parse_count),
+    Option((), "--max-targets", "max_targets", "N",
+           "addresses one JSON message may list in \"to\" (default 4096); more: refused; 0: no limit", parse_count),
     Option((), "--idle-flush", "idle_flush", "SECONDS",
            "take an unterminated control part as complete after this idle time (default 0.5)",
            parse_seconds),

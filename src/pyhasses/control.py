@@ -360,13 +360,22 @@ STRAY_AUTH = "auth "
 
 #: ``except`` ids one JSON message may carry, unless ``--max-except`` says.
 DEFAULT_MAX_EXCEPT = 256
+#: Addresses one JSON message's ``to`` may list, unless ``--max-targets``
+#: says: each costs a parse and a lookup while every stream waits.
+DEFAULT_MAX_TARGETS = 4096
+#: The longest reconnection delay a message may give: 2**31 - 1 ms (24.8
+#: days), what a browser's 32-bit timers hold; a longer one is no delay a
+#: publisher means, and a number of thousands of digits costs to format.
+MAX_RETRY_MS = 2 ** 31 - 1
+RETRY_RULE = f'"retry" must be a whole number of milliseconds, at most {MAX_RETRY_MS}'
 
 
 def interpret(part: bytes, max_token_length: int, max_message_bytes: int,
-              max_except: int = DEFAULT_MAX_EXCEPT) -> Union[Command, Message, Invalid]:
+              max_except: int = DEFAULT_MAX_EXCEPT,
+              max_targets: int = DEFAULT_MAX_TARGETS) -> Union[Command, Message, Invalid]:
     text = part.decode("utf-8", "surrogateescape")
     if text.startswith("{"):
-        return _interpret_json(text, max_token_length, max_message_bytes, max_except)
+        return _interpret_json(text, max_token_length, max_message_bytes, max_except, max_targets)
     if text.startswith(STRAY_AUTH):
         # The gate takes a good first ``auth`` where a secret is configured;
         # any other one (a second one, the Unix socket, the FIFO, a daemon
@@ -400,7 +409,7 @@ def _legacy_message(token: str, data: str, max_token_length: int, max_message_by
 
 
 def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
-                    max_except: int) -> Union[Message, Invalid]:
+                    max_except: int, max_targets: int) -> Union[Message, Invalid]:
     try:
         obj = json.loads(text)
     except ValueError as exc:
@@ -424,6 +433,8 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
     to_list = [to] if isinstance(to, str) else to
     if not to_list or not isinstance(to_list, list) or not all(isinstance(t, str) for t in to_list):
         return bad('"to" must be a token or a non-empty list of tokens')
+    if max_targets and len(to_list) > max_targets:
+        return bad(f'"to" holds {len(to_list)} addresses, more than {max_targets} (--max-targets)')
     data = obj.get("data")
     if not isinstance(data, str):
         return bad('"data" must be a string')
@@ -435,8 +446,9 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
     if event is not None and (not isinstance(event, str) or not event or re.search(r"[\r\n]", event)):
         return bad('"event" must be a one-line non-empty string')
     retry = obj.get("retry")
-    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
-        return bad('"retry" must be a whole number of milliseconds')
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int)
+                              or not 0 <= retry <= MAX_RETRY_MS):
+        return bad(RETRY_RULE)
     excepts = obj.get("except", [])
     if isinstance(excepts, str):
         excepts = [excepts]
@@ -542,7 +554,7 @@ class ControlHandler:
                 return _json_line({"ok": False, "error": reason})
             return None
         parsed = interpret(item, self.settings.max_token_length, self.settings.max_message_bytes,
-                           self.settings.max_except)
+                           self.settings.max_except, self.settings.max_targets)
         if isinstance(parsed, Command):
             return self._command(parsed, channel, can_reply)
         if isinstance(parsed, Message):

@@ -385,7 +385,8 @@ class StreamSession:
         settings = rules.settings
         head = reading.head
         verdict = auth.publish_body(reading.grants, head, body, settings.max_token_length,
-                                    settings.max_message_bytes, settings.max_part_bytes)
+                                    settings.max_message_bytes, settings.max_part_bytes,
+                                    max_except=settings.max_except, max_targets=settings.max_targets)
         if isinstance(verdict, auth.Deny):
             rules.access.publishdenied += 1
             return self._answer(http.FixedAnswer(verdict.status, "denied", verdict.reason))

@@ -70,6 +70,7 @@ class Settings:
     max_token_length: int = 128
     idle_flush: float = 0.5
     max_except: int = 256             # ids in one JSON message's "except" (issue 15)
+    max_targets: int = 4096           # addresses in one JSON message's "to"
 
     # -- TLS (issue 3) --
     key_passphrase_file: Optional[str] = None  # first line: the private key's passphrase
