@@ -123,6 +123,25 @@ def test_a_huge_address_list_is_refused_and_other_streams_are_not_held_up(daemon
     d.wait_log(r"more than 4096 \(--max-targets\)")
 
 
+def test_copies_of_a_prefix_cost_one_lookup_and_other_streams_are_not_held_up(daemon_factory):
+    """4,000 copies of ``room*`` (or ``room*-uN`` variants) to 6,400 matching
+    tokens scanned them 4,000 times: seconds while every stream waited."""
+    d = daemon_factory("--heartbeat", "0")
+    held = [d.sse("-".join(f"room{n}x{k}" for k in range(64))) for n in range(100)]
+    watcher = d.sse("lat")
+    d.wait_clients(101)
+    for copies in (["room*"] * 4000, [f"room*-u{n}" for n in range(4000)]):
+        with socket.create_connection(("127.0.0.1", d.cport), timeout=10) as s:
+            s.sendall(json.dumps({"to": copies, "data": "wide", "ack": True}).encode() + b"\nlat=ping\n")
+            s.shutdown(socket.SHUT_WR)
+            sent = time.monotonic()
+            assert watcher.read_event(10)["data"] == "ping"
+            waited = time.monotonic() - sent
+            assert json.loads(_read_all(s, 5).splitlines()[0])["delivered"] == 100
+        assert waited < 0.5, f"the next message waited {waited:.2f} s"
+    assert all(c.read_events(2)[1]["data"] == "wide" for c in held)
+
+
 def test_max_targets_is_an_option(daemon_factory):
     d = daemon_factory("--max-targets", "2")
     assert ack(d, {"to": ["a", "b"], "data": "m"})["ok"] is True

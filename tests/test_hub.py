@@ -213,3 +213,48 @@ def test_holders_are_the_exact_subscribers():
     assert hub.holders("room2") == [b]
     assert hub.holders("*") == [star]
     assert hub.holders("none") == []
+
+
+def test_distinct_targets_reach_exactly_whom_the_targets_reach():
+    """Merging repeated addresses and prefixes covered by shorter ones
+    changes nobody's delivery: random targets, random subscribers, the
+    recipients with and without the merge compared."""
+    import random
+
+    from pyhasses.hub import distinct_targets
+
+    rng = random.Random(15)
+    words = ["r", "ro", "room", "room1", "room12", "rook", "other", "o"]
+    ids = ["", "u1", "u2", "u3"]
+    for _ in range(300):
+        hub = Hub()
+        for n in range(12):
+            subscribed(hub, f"c{n}", rng.sample(words + ["*"], rng.randint(1, 3)), rng.choice(ids))
+        texts = [rng.choice(words + ["*"]) + rng.choice(["", "*"]) for _ in range(rng.randint(2, 8))]
+        targets = [parse_target(t.replace("**", "*") + ("-" + rng.choice(ids[1:]) if rng.random() < 0.5 else ""), 128)
+                   for t in texts]
+        plain = set()
+        for target in targets:
+            plain.update(hub.recipients(target))
+        merged = distinct_targets(targets)
+        assert len(merged) <= len(targets)
+        assert hub.publish(targets, b"x") == len(plain), targets
+        together = set()
+        for target in merged:
+            together.update(hub.recipients(target))
+        assert together == plain, (targets, merged)
+
+
+def test_a_thousand_copies_of_a_prefix_are_looked_up_once():
+    from pyhasses.hub import distinct_targets
+
+    room = parse_target("room*", 128)
+    assert distinct_targets([room] * 1000) == [room]
+    variants = [parse_target(f"room*-u{n}", 128) for n in range(1000)]
+    assert distinct_targets(variants) == [Target("room", True, frozenset())]
+    nested = [parse_target(t, 128) for t in ("r*", "ro*", "room*", "room1*-u1", "x")]
+    assert distinct_targets(nested) == [Target("r", True), Target("x")]
+    assert distinct_targets([parse_target("*", 128), *nested]) == [Target("*")]
+    # A shorter prefix that excludes someone the longer one reaches: both stay.
+    kept = [parse_target("r*-u1", 128), parse_target("room*", 128)]
+    assert distinct_targets(kept) == kept
