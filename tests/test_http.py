@@ -204,3 +204,15 @@ def test_absolute_form_targets_are_accepted():
     for target in (b"http://h?subscribe=a", b"http://h", b"http://h/other/sse?subscribe=a", b"ftp://h/sse"):
         assert decide(b"GET " + target + b" HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").status == 404, target
     assert http.origin_form(b"http://h?x=1") == b"/?x=1" and http.origin_form(b"/sse") == b"/sse"
+
+
+def test_credentials_are_hidden_from_what_a_log_line_shows():
+    from pyhasses.http import without_credentials
+
+    assert without_credentials(b"GET /sse?subscribe=a&authorization=eyJ.a.b HTTP/1.1") == \
+        b"GET /sse?subscribe=a&authorization=<hidden> HTTP/1.1"
+    assert without_credentials(b"/x?Authorization=t&id=1") == b"/x?Authorization=<hidden>&id=1"
+    request = b"POST /p HTTP/1.1\r\nauthorization: Bearer eyJ.x.y\r\nCOOKIE: c=eyJ\r\nHost: h\r\n\r\n"
+    assert without_credentials(request) == \
+        b"POST /p HTTP/1.1\r\nauthorization: <hidden>\r\nCOOKIE: <hidden>\r\nHost: h\r\n\r\n"
+    assert without_credentials(b"GET /sse?subscribe=authorization HTTP/1.1") == b"GET /sse?subscribe=authorization HTTP/1.1"

@@ -263,6 +263,25 @@ def test_an_http_publish_is_held_to_the_control_channels_limits(daemon_factory, 
     assert "internal error" not in daemon.log()
 
 
+def test_tokens_never_reach_the_log(daemon_factory, key_file):
+    """At debug level, bytes sent on an established stream are logged, and a
+    wrong URL is logged at level 1: the token in them was logged too."""
+    daemon = daemon_factory(f"--publisher-key={key_file}", f"--subscriber-key={key_file}")
+    daemon.control("loglevel_debug\n")
+    pub, sub = token(key_file, publish=["room1"]), token(key_file, subscribe=["room1"])
+    stream = SseClient("127.0.0.1", daemon.port)
+    stream.request(f"GET /sse?subscribe=room1 HTTP/1.1\r\nConnection: keep-alive\r\n"
+                   f"Cookie: pyhassesAuthorization={sub}\r\n\r\n")
+    stream.read_handshake()
+    stream.sock.sendall(post_bytes(pub, b"to=room1&data=x"))
+    daemon.wait_log(r"Connected client message .*Authorization: <hidden>")
+    r = curl("-m", "5", "-H", "Connection: keep-alive", f"http://127.0.0.1:{daemon.port}/wrong?authorization={sub}")
+    assert r.returncode == 0
+    daemon.wait_log(r"unknown URL '/wrong\?authorization=<hidden>'")
+    log = daemon.log()
+    assert pub not in log and sub not in log and pub.split(".")[1] not in log
+
+
 def test_without_a_publisher_key_the_publish_url_answers_as_before(daemon_factory, key_file):
     daemon = daemon_factory()
     code, _ = publish_status(daemon, "-H", f"Authorization: Bearer {token(key_file, publish=['*'])}",

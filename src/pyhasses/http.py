@@ -374,7 +374,19 @@ def parse_head(head: bytes):
 def _first_line(head: bytes) -> bytes:
     """A head's request line, as much of it as a log line shows."""
     end = head.find(b"\r\n")
-    return head[:end if 0 <= end < 80 else 80]
+    return without_credentials(head[:end if 0 <= end < 80 else 80])
+
+
+_CREDENTIAL_PARAM = re.compile(rb"(?i)((?:^|[?&])authorization=)[^&\s]*")
+_CREDENTIAL_FIELD = re.compile(rb"(?i)((?:^|\n)(?:authorization|cookie)[ \t]*:)[^\r\n]*")
+
+
+def without_credentials(data: bytes) -> bytes:
+    """``data`` (a request, or part of one) as a log line may show it: the
+    values of the ``authorization`` query parameter and of the
+    Authorization and Cookie fields hidden (PROTOCOL.md 9: tokens ride
+    there, and a log is read by more people than the tokens are for)."""
+    return _CREDENTIAL_FIELD.sub(rb"\1 <hidden>", _CREDENTIAL_PARAM.sub(rb"\1<hidden>", data))
 
 
 # -- deciding what a head asks for -------------------------------------------
@@ -438,7 +450,7 @@ def decide(head: RequestHead, match_url: str, max_token_length: int, max_subscri
     if method == b"OPTIONS" and head.target == b"*":
         url_ok = True
     if not url_ok:
-        return FixedAnswer(404, "error", f"unknown URL {head.target[:200].decode('latin-1')!r}")
+        return FixedAnswer(404, "error", f"unknown URL {without_credentials(head.target[:200]).decode('latin-1')!r}")
     if head.version != "1.1":
         return FixedAnswer(501, "error", f"protocol HTTP/{head.version} not supported")
     if has_body(head):

@@ -15,7 +15,7 @@ import collections
 import socket
 import time
 
-from . import session, tls
+from . import http, session, tls
 from .connections import LINGER, Connection
 from .outbox import Outbox
 from .sse import LAST_CHUNK
@@ -191,7 +191,8 @@ class SseClient(Connection):
 
     def _do_Ignored(self, action: session.Ignored) -> None:
         if self.ctx.log.debugging:
-            self.ctx.log.debug(f"Connected client message <{self.fd}> {self.peer}: {action.data[:200]!r} (ignored)")
+            self.ctx.log.debug(f"Connected client message <{self.fd}> {self.peer}: {http.without_credentials(action.data[:200])!r}"
+                               " (ignored)")
 
     # -- output -------------------------------------------------------------
     def deliver(self, data: bytes) -> None:
