@@ -175,6 +175,11 @@ def test_retry_is_bounded_by_what_browser_timers_hold():
         assert isinstance(bad, Invalid) and bad.reason == RETRY_RULE, retry
 
 
+def test_a_number_of_thousands_of_digits_is_refused_in_our_words():
+    bad = i('{"to": "t", "data": "m", "ack": true, "retry": ' + "9" * 5000 + "}")
+    assert isinstance(bad, Invalid) and bad.is_json and bad.reason == "not valid JSON: a number of 5000 digits"
+
+
 def test_json_nested_too_deeply_is_invalid_not_an_exception():
     for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000, "[" * 100_000):
         bad = i('{"ack": true, "to": "t", "data": ' + nested + "}")

@@ -408,10 +408,21 @@ def _legacy_message(token: str, data: str, max_token_length: int, max_message_by
     return Message([target], data)
 
 
+def _whole_number(digits: str) -> int:
+    """A JSON integer, refused when longer than any field can use: Python's
+    own refusal (above 4,300 digits) names an interpreter setting."""
+    if len(digits) > 20:
+        raise ValueError(f"a number of {len(digits)} digits")
+    return int(digits)
+
+
+_JSON = json.JSONDecoder(parse_int=_whole_number)
+
+
 def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
                     max_except: int, max_targets: int) -> Union[Message, Invalid]:
     try:
-        obj = json.loads(text)
+        obj = _JSON.decode(text)
     except ValueError as exc:
         return Invalid(f"not valid JSON: {exc}", is_json=True)
     except RecursionError:
