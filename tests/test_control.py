@@ -170,7 +170,7 @@ def test_the_number_of_addresses_is_bounded():
 
 def test_retry_is_bounded_by_what_browser_timers_hold():
     assert i(json.dumps({"to": "t", "data": "m", "retry": 2 ** 31 - 1})).retry == 2 ** 31 - 1
-    for retry in (2 ** 31, 10 ** 200, -1, 1.5, True, "5"):
+    for retry in (2 ** 31, 10 ** 19, -1, 1.5, True, "5"):
         bad = i(json.dumps({"to": "t", "data": "m", "retry": retry}))
         assert isinstance(bad, Invalid) and bad.reason == RETRY_RULE, retry
 
