@@ -48,7 +48,7 @@ from typing import Optional
 from . import resp, sse
 from .control import _json_line  # one form for every acknowledgement
 from .delivery import reset_event
-from .hub import Target
+from .hub import Target, distinct_targets
 from .redislink import LinkDown, RedisConnection
 
 EPOCH_SCALE = 10 ** 19
@@ -140,9 +140,21 @@ class ClusterIds:
 
 
 def encode_message(targets, data: str, event: Optional[str], retry: Optional[int]) -> bytes:
-    """The ``m`` field: who it goes to and what it says, as compact JSON."""
-    to = [[t.token, t.prefix, sorted(t.except_ids)] if t.except_ids else [t.token, t.prefix] for t in targets]
+    """The ``m`` field: who it goes to and what it says, as compact JSON.
+    Each distinct exclusion list is written once (``x``) and its targets
+    name it by position: a JSON message's ``except`` applies to all of its
+    addresses, and written with each it made one 35 KB message a 7 MB
+    entry that every node then read."""
+    lists: dict = {}
+    to = []
+    for t in distinct_targets(targets):
+        if t.except_ids:
+            to.append([t.token, t.prefix, lists.setdefault(t.except_ids, len(lists))])
+        else:
+            to.append([t.token, t.prefix])
     obj = {"to": to, "data": data}
+    if lists:
+        obj["x"] = [sorted(ids) for ids in lists]
     if event is not None:
         obj["event"] = event
     if retry is not None:
@@ -158,7 +170,10 @@ def _target(token: str, prefix: bool, excepts: tuple) -> Target:
 def decode_message(payload: bytes):
     """(targets, data, event, retry) from an ``m`` field."""
     obj = json.loads(payload.decode("utf-8", "surrogateescape"))
-    targets = [_target(t[0], bool(t[1]), tuple(t[2]) if len(t) > 2 else ()) for t in obj["to"]]
+    lists = [tuple(ids) for ids in obj.get("x", ())]
+    # An entry written before ``x`` holds its list in place of the position.
+    targets = [_target(t[0], bool(t[1]), () if len(t) < 3 else tuple(t[2]) if isinstance(t[2], list) else lists[t[2]])
+               for t in obj["to"]]
     return targets, obj["data"], obj.get("event"), obj.get("retry")
 
 

@@ -477,7 +477,11 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
     except RoutingError as exc:
         return bad(f"bad address: {exc}")
     if excepts:
-        targets = [dataclasses.replace(t, except_ids=t.except_ids | frozenset(excepts)) for t in targets]
+        # One set for every address that excludes nothing else: a thousand
+        # addresses must not hold a thousand copies of it.
+        shared = frozenset(excepts)
+        targets = [dataclasses.replace(t, except_ids=t.except_ids | shared if t.except_ids else shared)
+                   for t in targets]
     return Message(targets, data, event, retry, ack, is_json=True)
 
 

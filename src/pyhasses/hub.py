@@ -88,12 +88,16 @@ def distinct_targets(targets: Sequence[Target]) -> list:
     everyone = merged.get(("*", False))
     if everyone is not None and not everyone.except_ids:
         return [everyone]
+    # Only the lengths some prefix has can cover: at most one lookup per
+    # length, not per character of every prefix.
+    lengths = sorted({len(token) for token, prefix in merged if prefix})
     kept = []
     for (token, prefix), target in merged.items():
         if everyone is not None and target is not everyone and everyone.except_ids <= target.except_ids:
             continue
-        if prefix and any((cover := merged.get((token[:n], True))) is not None
-                          and cover.except_ids <= target.except_ids for n in range(1, len(token))):
+        if prefix and len(lengths) > 1 and any(
+                (cover := merged.get((token[:n], True))) is not None and cover.except_ids <= target.except_ids
+                for n in lengths if n < len(token)):
             continue
         kept.append(target)
     return kept
