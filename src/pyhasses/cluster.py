@@ -11,8 +11,11 @@ owns them), the hub's index, HTTP.  Without ``--redis`` none of this runs.
 Keys, under ``--redis-prefix`` P:
 
 - ``P:events``: the stream.  An entry's fields are ``n`` (the publishing
-  node's run id), ``s`` (that node's publish sequence, from 1) and ``m``
-  (the message as JSON: ``to``, ``data``, optional ``event``, ``retry``).
+  node's run id), ``s`` (that node's publish sequence, from 1), ``m``
+  (the message as JSON: ``to``, ``data``, optional ``event``, ``retry``,
+  and ``x``, its distinct exclusion lists) and ``e`` (the epoch it was
+  stored in: every node gives it its id from that, whenever it learns
+  that Redis lost its data).
   A node that lost its link sends again what Redis never confirmed; a Lua
   script appends only if ``s`` is above the node's last stored sequence
   (``P:seq:<node>``, kept a day), so each message is stored once, in the
@@ -22,7 +25,8 @@ Keys, under ``--redis-prefix`` P:
   (reason ``dropped``).
 - ``P:epoch``: Redis' clock (seconds) when the epoch began, set with
   ``NX``.  It is gone after Redis lost its data; the first node to notice
-  sets a new one, which is always larger.
+  (or the first append after the loss) sets a new one, which is always
+  larger.
 - ``P:nodes``: a hash, one field per live node (JSON: streams, clients,
   host, pid, time), refreshed every second; the key expires 5 s after the
   last refresh and a field older than 5 s is ignored and removed.
@@ -60,6 +64,9 @@ READ_BLOCK_MS = 1000
 #: Registration period and expiry of a node that stopped refreshing.
 REGISTER_EVERY = 1.0
 NODE_EXPIRY = 5.0
+#: Each entry carries the epoch it was stored in (``e``), made here when Redis
+#: lost it (above the epoch the appending node knew): every node labels an
+#: entry by its own epoch, wherever in its reading it learns of a new one.
 #: Appends a message unless this node's sequence number says Redis has it
 #: already: a message sent again after a broken link is stored once, so every
 #: node's entries stand in the stream in the order the node accepted them
@@ -68,13 +75,19 @@ NODE_EXPIRY = 5.0
 #: a second copy a list holding the stream's newest id: the first copy is at
 #: or before it, so a reader past it has read that copy or found it gone.
 APPEND_SCRIPT = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = tostring(math.max(tonumber(redis.call('TIME')[1]), tonumber(ARGV[5]) + 1))
+  redis.call('SET', KEYS[3], epoch)
+end
 local seq = tonumber(ARGV[2])
 if seq <= tonumber(redis.call('GET', KEYS[2]) or '0') then
   local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
   return {newest and newest[1] or '0-0'}
 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', 86400)
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's', ARGV[2], 'm', ARGV[4])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', ARGV[3], 's', ARGV[2], 'm', ARGV[4],
+                  'e', epoch)
 """
 #: How long a stream that resumes after an id this node has not read yet
 #: waits for this node to read it (the node lags the one that served the
@@ -424,6 +437,17 @@ class Cluster:
         try:
             for stream_id, fields in entries:
                 fields = dict(zip(fields[::2], fields[1::2]))
+                epoch = int(fields.get(b"e", 0))
+                if epoch and epoch != ids.epoch:
+                    if epoch < ids.epoch:
+                        continue  # stored before Redis lost its data; this node has left that epoch
+                    # Redis lost its data and this is the new epoch's first entry
+                    # this node reads: the reset goes after what was read before.
+                    if live:
+                        hub.release()
+                    self._set_epoch(epoch)
+                    if live:
+                        hub.hold()
                 node, seq = fields.get(b"n", b""), int(fields.get(b"s", 0))
                 before = seen.get(node)
                 if before is not None and before >= seq:
@@ -523,8 +547,8 @@ class Cluster:
         stream_key, seq_key, *argv = args
         # SCRIPT LOAD went first on this connection: its hash is known when
         # this runs, as replies come in order and _up waits for the epoch.
-        self.commands.send(functools.partial(self._stored, seq), "EVALSHA", self._script, 2, stream_key, seq_key,
-                           *argv)
+        self.commands.send(functools.partial(self._stored, seq), "EVALSHA", self._script, 3, stream_key, seq_key,
+                           self.epoch_key, *argv, self.ids.epoch)
 
     def _stored(self, seq: int, reply) -> None:
         if isinstance(reply, LinkDown):
