@@ -5,6 +5,7 @@ others could take over)."""
 import grp
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -166,3 +167,32 @@ def test_unknown_fifo_group_is_a_usage_error(tmp_path):
     r = start(f"-fifo={tmp_path / 'fifo'}", "--fifo-group", "no-such-group-here")
     assert r.returncode == 2 and "no such group" in r.stderr
     assert not (tmp_path / "fifo").exists()
+
+
+def test_a_removed_fifo_is_made_again_and_publishers_reach_the_streams(daemon_factory):
+    """Removed while running, the FIFO was read no more and never said so:
+    a writer's next ``echo ... >`` made a plain file and its message was lost."""
+    from support import wait_until
+
+    d = daemon_factory(fifo=True)
+    client = d.sse("room1")
+    os.unlink(d.fifo)
+    d.wait_log(r"FIFO .* was removed or replaced; made again and opened", timeout=6)
+    wait_until(lambda: stat.S_ISFIFO(os.lstat(d.fifo).st_mode), 2, what="the FIFO at its path")
+    d.publish_fifo("room1=after-removal\n")
+    assert client.read_event()["data"] == "after-removal"
+
+
+def test_a_fifo_replaced_by_a_file_is_said_once_and_the_daemon_serves_on(daemon_factory):
+    d = daemon_factory(fifo=True)
+    client = d.sse("room1")
+    os.unlink(d.fifo)
+    Path(d.fifo).write_text("not a fifo\n")
+    d.wait_log(r"FIFO .* was removed or replaced and cannot be made again: .*not a FIFO", timeout=6)
+    d.control("room1=still-served\n")
+    assert client.read_event()["data"] == "still-served"
+    os.unlink(d.fifo)  # taken away: the daemon makes its FIFO again
+    d.wait_log(r"made again and opened", timeout=6)
+    assert len(re.findall(r"cannot be made again", d.log())) == 1
+    d.publish_fifo("room1=back\n")
+    assert client.read_event()["data"] == "back"

@@ -6,6 +6,7 @@ owned by root or the run user, not world-writable unless asked for), the
 ownership and mode changes (always through the descriptor, never the path,
 so a user who can write the FIFO's directory cannot get a root-owned chown
 of another file), and the start-up lines saying who can write to it.
+Also whether the FIFO open is still the one at its path (``is_still_at``).
 Must not touch: what is read from it (control_channels.FifoReader frames that).
 """
 
@@ -66,6 +67,18 @@ def open_fifo(path: str, policy: FifoPolicy) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def is_still_at(fd: int, path: str) -> bool:
+    """Is the FIFO open on ``fd`` still the one at ``path``?  Not when the
+    path was removed (a writer's next ``>`` would make a plain file there)
+    or now names something else."""
+    try:
+        at_path = os.lstat(path)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (at_path.st_dev, at_path.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _create(path: str, mode: int) -> bool:

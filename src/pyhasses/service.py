@@ -46,6 +46,8 @@ EXIT_FAILURE = 1
 #: Held back from the start of ``run`` until the reactor handles them: a stop
 #: asked for while the daemon starts is a clean stop, not a traceback.
 HANDLED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+#: Seconds between two looks at whether the FIFO is still at its path.
+FIFO_CHECK_EVERY = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Daemon:
         self.listeners: List[Listener] = []      # every port's
         self.sse_listeners: List[Listener] = []  # the SSE port's (a drain closes them first)
         self.fifo: Optional[FifoReader] = None
+        self._fifo_trouble: Optional[str] = None  # why the FIFO could not be made again, said once
         self.reactor: Optional[Reactor] = None
         self.flusher: Optional[FlushQueue] = None
         self.wiring: Optional[Wiring] = None         # listeners, refused and metrics clients
@@ -417,6 +420,7 @@ class Daemon:
             self.reactor.call_later(self._idle_sweep_interval(), self._end_idle_control)
         if fifo_fd is not None:
             self.fifo = FifoReader(self.control_wiring, fifo_fd, self.settings.fifo)
+            self.reactor.call_later(FIFO_CHECK_EVERY, self._watch_fifo)
         if self.settings.redis:
             self._join_cluster()
         self.heartbeat = delivery.Heartbeat(self.reactor, self.hub, self.settings.heartbeat)
@@ -471,6 +475,32 @@ class Daemon:
         return "; ".join(parts)
 
     # -- stream lifetime ------------------------------------------------------
+    def _watch_fifo(self) -> None:
+        """A FIFO removed or replaced while running (a cleanup of /tmp, a
+        hand-made mkfifo) is made and opened again: publishers writing to
+        the path reached nobody, and the next ``echo ... >`` made a plain
+        file of it.  What cannot be made again is said once."""
+        self.reactor.call_later(FIFO_CHECK_EVERY, self._watch_fifo)
+        reader = self.fifo
+        if reader is None or fifo.is_still_at(reader.fd, reader.path):
+            self._fifo_trouble = None
+            return
+        s = self.settings
+        try:
+            fd = fifo.open_fifo(reader.path, fifo.policy_for(s.fifo_mode, s.fifo_group, s.user))
+        except fifo.FifoError as exc:
+            if self._fifo_trouble != str(exc):
+                self._fifo_trouble = str(exc)
+                self.log.error(f"FIFO {reader.path} was removed or replaced and cannot be made again: {exc}; "
+                               f"tried every {FIFO_CHECK_EVERY:g} s")
+            return
+        self._fifo_trouble = None
+        reader.close()
+        self.fifo = FifoReader(self.control_wiring, fd, reader.path)
+        self.log.error(f"FIFO {reader.path} was removed or replaced; made again and opened")
+        for line in fifo.describe(fd, reader.path):
+            self.log.info(line)
+
     def _lifetime_sweep_interval(self) -> float:
         """A stream ends at most this late: 1/20 of its lifetime, 10 s at most."""
         return min(10.0, max(0.05, self.settings.stream_lifetime / 20))
