@@ -17,7 +17,7 @@ import time
 from typing import Callable, List, Optional, Union
 
 from . import sse
-from .hub import RoutingError, Target, parse_target
+from .hub import RoutingError, Target, distinct_targets, parse_target
 
 # -- framing ---------------------------------------------------------------
 
@@ -482,7 +482,9 @@ def _interpret_json(text: str, max_token_length: int, max_message_bytes: int,
         shared = frozenset(excepts)
         targets = [dataclasses.replace(t, except_ids=t.except_ids | shared if t.except_ids else shared)
                    for t in targets]
-    return Message(targets, data, event, retry, ack, is_json=True)
+    # Merged once, where the message is made: the grant check, the history,
+    # the cluster's entry and the fan-out all see each address once.
+    return Message(distinct_targets(targets), data, event, retry, ack, is_json=True)
 
 
 def _is_unicode(text: str) -> bool:

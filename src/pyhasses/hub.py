@@ -76,7 +76,9 @@ def distinct_targets(targets: Sequence[Target]) -> list:
     exclusions) is one target excluding only what every copy excludes, and
     a prefix that a shorter one covers, excluding no more, goes.  One
     message of a thousand ``room*`` copies scanned the matching tokens a
-    thousand times while every stream waited (issue 15)."""
+    thousand times while every stream waited (issue 15).  A message's
+    addresses are merged when it is made (``control``), so that everything
+    downstream sees each once."""
     merged: dict = {}
     for target in targets:
         key = (target.token, target.prefix)
@@ -352,7 +354,7 @@ class Hub:
             found = self.recipients(targets[0])
         else:
             found = set()
-            for target in distinct_targets(targets):
+            for target in targets:
                 found.update(self.recipients(target))
         count = len(found)
         self.counters.msgsendcnt += count
