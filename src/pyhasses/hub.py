@@ -79,6 +79,8 @@ def distinct_targets(targets: Sequence[Target]) -> list:
     thousand times while every stream waited (issue 15).  A message's
     addresses are merged when it is made (``control``), so that everything
     downstream sees each once."""
+    if len(targets) < 2:
+        return list(targets)  # the usual message: one address, nothing to merge
     merged: dict = {}
     for target in targets:
         key = (target.token, target.prefix)
