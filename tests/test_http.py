@@ -35,6 +35,36 @@ def test_head_split_anywhere_is_joined():
         assert out[0].fields[b"user-agent"] == b"UA/1"
 
 
+def test_each_head_is_read_on_its_own_whatever_came_before():
+    """parse_head keeps a parser for the next head when the last one left
+    it clean: a head with a body, an upgrade, a close, a refused one or
+    HTTP/1.0 before must change nothing in how the next head reads."""
+    before = [
+        b"GET /sse?subscribe=a HTTP/1.1\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+        b"POST /sse HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /sse?subscribe=a HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /sse?subscribe=a HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /sse?subscribe=a HTTP/1.0\r\n\r\n",
+        b"GET /sse?subscribe=a HTTP/1.1\r\nBad Field: x\r\n\r\n",
+        b"GET /sse?subscribe=secret HTTP/1.1\r\nCookie: c=1\r\nConnection: keep-alive\r\n\r\n",
+        GOOD,
+        b"GET /sse?subscribe=a HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+        b"HEAD /sse HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+    ]
+    for first in before:
+        for second in before:
+            alone = http.parse_head(second)
+            http.parse_head(first)
+            after = http.parse_head(second)
+            assert type(after) is type(alone), (first, second, after, alone)
+            if isinstance(alone, http.RequestHead):
+                assert (after.method, after.target, after.version, after.headers, after.fields) == (
+                    alone.method, alone.target, alone.version, alone.headers, alone.fields), (first, second)
+            else:
+                assert (after.status, after.reason) == (alone.status, alone.reason), (first, second)
+
+
 def test_any_number_of_empty_lines_before_a_request():
     reader = http.RequestReader(4096)
     for _ in range(100):

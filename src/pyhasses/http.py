@@ -240,7 +240,12 @@ class BadHead:
 class _Collector:
     """httptools callbacks, keeping what one head says."""
 
+    __slots__ = ("target", "headers", "fields", "done")
+
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
         self.target = b""
         self.headers = []
         self.fields = {}
@@ -353,12 +358,17 @@ def parse_head(head: bytes):
         return BadHead(400, f"malformed request line: {_first_line(head)!r}")
     if request_line.group(1) not in READABLE_VERSIONS:
         return BadHead(501, f"unsupported request line: {_first_line(head)!r}")
-    collector = _Collector()
-    parser = httptools.HttpRequestParser(collector)
+    if _spare_parser:
+        collector, parser = _spare_parser.pop()
+        collector.reset()
+    else:
+        collector = _Collector()
+        parser = httptools.HttpRequestParser(collector)
+    reusable = True
     try:
         parser.feed_data(head)
     except httptools.HttpParserUpgrade:
-        pass  # "Connection: keep-alive, Upgrade": the head itself is complete
+        reusable = False  # "Connection: keep-alive, Upgrade": the head itself is complete
     except httptools.HttpParserInvalidMethodError:
         return BadHead(501, f"unsupported request line: {_first_line(head)!r}")
     except httptools.HttpParserError as exc:
@@ -367,8 +377,24 @@ def parse_head(head: bytes):
         return BadHead(400, "incomplete request head")
     if whole is None:
         return BadHead(400, "malformed request head")
-    return RequestHead(parser.get_method(), collector.target, parser.get_http_version(),
-                       collector.headers, collector.fields)
+    fields = collector.fields
+    version = parser.get_http_version()
+    result = RequestHead(parser.get_method(), collector.target, version, collector.headers, fields)
+    if (reusable and version == "1.1" and fields.get(b"connection") == b"keep-alive"
+            and b"content-length" not in fields and b"transfer-encoding" not in fields):
+        # The message ended with its head and asked for nothing that ends
+        # or changes the connection: the parser waits at the start of the
+        # next message, so the next head may use it.
+        _spare_parser.append((collector, parser))
+    return result
+
+
+#: A parser (and its collector) left ready by the last head: making one
+#: costs about as much as reading a head, once per connection.  Only the
+#: usual stream request (HTTP/1.1, "Connection: keep-alive", no body)
+#: returns it here, as llhttp releases differ on what follows a close or
+#: an HTTP/1.0 head; anything else leaves the next head a fresh one.
+_spare_parser: list = []
 
 
 def _first_line(head: bytes) -> bytes:
