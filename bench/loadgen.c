@@ -584,11 +584,15 @@ static void pub_readable(void) {
 /* -- the loop ---------------------------------------------------------------- */
 static struct epoll_event events[4096];
 
-/* One epoll pass, waiting at most timeout_ms; opens more subscribers while
- * fewer than opt_inflight handshakes are under way. */
-static void pump(int timeout_ms) {
+/* One epoll pass, waiting at most timeout_ns (epoll_pwait2: a pacing loop
+ * sleeps to within the timer slack of its next send instead of spinning
+ * through the last millisecond, so the core it shares stays free); opens
+ * more subscribers while fewer than opt_inflight handshakes are under way. */
+static void pump_ns(int64_t timeout_ns) {
     while (next_to_open < opt_n && connecting < opt_inflight) sub_open(next_to_open++);
-    int n = epoll_wait(ep, events, sizeof events / sizeof *events, timeout_ms);
+    if (timeout_ns < 0) timeout_ns = 0;
+    struct timespec timeout = {timeout_ns / 1000000000LL, timeout_ns % 1000000000LL};
+    int n = epoll_pwait2(ep, events, sizeof events / sizeof *events, &timeout, NULL);
     for (int k = 0; k < n; k++) {
         uint32_t id = events[k].data.u32;
         if (id == (uint32_t)PUB_ID) {
@@ -600,6 +604,8 @@ static void pump(int timeout_ms) {
         else if (s->state != ST_DEAD) sub_readable(id);
     }
 }
+
+static void pump(int timeout_ms) { pump_ns((int64_t)timeout_ms * 1000000); }
 
 static int wait_for(int (*done)(void), double seconds) {
     int64_t deadline = now_ns() + (int64_t)(seconds * 1e9);
@@ -703,7 +709,7 @@ static void broadcast_rate(long base) {
     int64_t t0 = now_ns(), step = 1000000000LL / opt_rate;
     for (int i = 0; i < m; i++) {
         int64_t due = t0 + i * step;
-        while (now_ns() < due) pump((int)((due - now_ns()) / 1000000));
+        while (now_ns() < due) pump_ns(due - now_ns());
         pub_send(buf, pub_format(buf, sizeof buf, "all", base + i, 0));
     }
     if (opt_server == SRV_NCHAN) acks_wanted = acks + m;
