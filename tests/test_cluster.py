@@ -641,3 +641,63 @@ def test_a_node_stopping_answers_every_acknowledgement_still_waiting(cluster, re
     a.stop()
     answer = _answer(writer, 5)  # before the fix: the connection closed without a word
     assert answer["ok"] is False and answer["stored"] is False and "stopped" in answer["error"]
+
+
+def _monitor(redis) -> socket.socket:
+    """A connection that receives every command Redis runs (MONITOR)."""
+    sock = socket.create_connection(("127.0.0.1", redis.port), timeout=5)
+    sock.sendall(b"MONITOR\r\n")
+    buf = b""
+    while b"+OK\r\n" not in buf:
+        buf += sock.recv(4096)
+    return sock
+
+
+def _commands_seen(sock: socket.socket, until: bytes, timeout: float = 5.0) -> list:
+    """The commands MONITOR reported (their names, in order) up to the first
+    line holding ``until``."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while until not in buf:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{until!r} not seen; MONITOR said {buf[-2000:]!r}"
+        sock.settimeout(left)
+        data = sock.recv(1 << 16)
+        assert data, "MONITOR connection closed"
+        buf += data
+    return re.findall(rb'\] "([A-Za-z]+)"', buf)
+
+
+def test_the_messages_of_one_control_write_go_to_redis_as_one_transaction(cluster, redis):
+    """Redis serves blocked XREADs after a whole EXEC: every node reads the
+    burst in one reply and fans it out once, not the first message alone
+    and the rest after it."""
+    a, b = cluster(), cluster()
+    client = stream(b)
+    b.wait_clients(1)
+    monitor = _monitor(redis)
+    try:
+        a.control("".join(f"room1=burst{i}\n" for i in range(20)) + "room1=last-of-burst\n")
+        seen = _commands_seen(monitor, b'"EXEC"')
+    finally:
+        monitor.close()
+    # MONITOR shows a transaction's commands as EXEC runs them, EXEC last
+    assert b"MULTI" in seen, seen
+    burst = seen[seen.index(b"MULTI") + 1:seen.index(b"EXEC")]
+    assert burst.count(b"EVALSHA") == 21 and b"XREAD" not in burst, seen
+    events = collect(client, 21, 10)
+    assert [d for _, d in events] == [f"burst{i}" for i in range(20)] + ["last-of-burst"]
+
+
+def test_a_script_flushed_from_redis_under_a_burst_is_loaded_again_and_nothing_is_lost(cluster, redis):
+    a, b = cluster(), cluster()
+    client = stream(b)
+    b.wait_clients(1)
+    redis.command("SCRIPT", "FLUSH")
+    lines = "".join(f'{{"to": "room1", "data": "after-flush-{i}", "ack": true}}\n' for i in range(10))
+    replies = [json.loads(line) for line in a.control(lines, timeout=20).decode().splitlines()]
+    assert len(replies) == 10 and all(r["ok"] and r["stored"] for r in replies), replies
+    events = collect(client, 10, 20)
+    assert [d for _, d in events] == [f"after-flush-{i}" for i in range(10)]
+    a.wait_log(r"SCRIPT FLUSH")
+    client.expect_nothing(0.5)  # each once

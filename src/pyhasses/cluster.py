@@ -16,6 +16,8 @@ Keys, under ``--redis-prefix`` P:
   and ``x``, its distinct exclusion lists) and ``e`` (the epoch it was
   stored in: every node gives it its id from that, whenever it learns
   that Redis lost its data).
+  The appends of one loop pass (one control write) go as one ``MULTI``/
+  ``EXEC``: Redis answers blocked readers after the whole transaction.
   A node that lost its link sends again what Redis never confirmed; a Lua
   script appends only if ``s`` is above the node's last stored sequence
   (``P:seq:<node>``, kept a day), so each message is stored once, in the
@@ -215,6 +217,7 @@ class Cluster:
         self._seq = 0
         self._spool: list = []         # (seq, append args), oldest first
         self._sent: dict = {}          # seq -> append args, sent and not yet confirmed
+        self._batch: list = []         # seqs of this pass's appends, sent at its end
         self._acks: dict = {}          # seq -> reply function waiting for the read-back
         self._acks_stored: dict = {}   # seq -> (ms, seq) its entry is at or before, once Redis confirmed it
         self._seen: dict = {}          # node id -> highest sequence delivered
@@ -542,13 +545,49 @@ class Cluster:
         return None
 
     def _append(self, seq: int, args: tuple) -> None:
-        """``args``: stream key, sequence key, MAXLEN, sequence, node, message."""
+        """``args``: stream key, sequence key, MAXLEN, sequence, node, message.
+        Sent at the end of the pass, with the pass's other appends."""
         self._sent[seq] = args
-        stream_key, seq_key, *argv = args
+        if not self._batch:
+            self.ctx.reactor.call_soon(self._send_batch)
+        self._batch.append(seq)
+
+    def _send_batch(self) -> None:
+        """The appends of one pass (the messages of one control read) in one
+        transaction: Redis answers the nodes' blocked XREADs after EXEC, so
+        every node reads the burst in one reply and fans it out once, where
+        one script call at a time woke them after the first message and the
+        rest followed as a second fan-out."""
+        seqs, self._batch = self._batch, []
+        seqs = [seq for seq in seqs if seq in self._sent]  # the link fell meanwhile: spooled again
+        commands = self.commands
+        if not seqs or commands is None or commands.closed:
+            return
         # SCRIPT LOAD went first on this connection: its hash is known when
         # this runs, as replies come in order and _up waits for the epoch.
-        self.commands.send(functools.partial(self._stored, seq), "EVALSHA", self._script, 3, stream_key, seq_key,
-                           self.epoch_key, *argv, self.ids.epoch)
+        if len(seqs) == 1:
+            self._send_append(functools.partial(self._stored, seqs[0]), seqs[0])
+            return
+        commands.send(None, "MULTI")
+        for seq in seqs:
+            self._send_append(None, seq)  # its reply is QUEUED; EXEC brings the outcome
+        commands.send(functools.partial(self._stored_batch, commands, seqs), "EXEC")
+
+    def _send_append(self, callback, seq: int) -> None:
+        stream_key, seq_key, *argv = self._sent[seq]
+        self.commands.send(callback, "EVALSHA", self._script, 3, stream_key, seq_key, self.epoch_key, *argv,
+                           self.ids.epoch)
+
+    def _stored_batch(self, commands, seqs: list, reply) -> None:
+        """EXEC's reply: each append's outcome, in order; or one error for
+        all of them (EXECABORT: Redis refused one while queueing)."""
+        if isinstance(reply, LinkDown):
+            return  # still in _sent: spooled again by _down
+        replies = reply if isinstance(reply, list) and len(reply) == len(seqs) else [reply] * len(seqs)
+        for seq, one in zip(seqs, replies):
+            if commands.closed:
+                return  # NOSCRIPT closed the link: the rest are spooled again with the others
+            self._stored(seq, one)
 
     def _stored(self, seq: int, reply) -> None:
         if isinstance(reply, LinkDown):
