@@ -42,3 +42,20 @@ def test_benchmark_runs_every_scenario_at_n_200(tmp_path):
         assert 0 <= got["a"]["p50_ms"] <= got["a"]["p99_ms"] <= got["a"]["max_ms"]
     assert "pyhasses N=200" in proc.stdout
     assert "command:  python3 bench/run.py" in proc.stdout
+
+
+@pytest.mark.timeout(200)
+def test_cluster_benchmark_runs_alone_and_through_redis_at_n_200():
+    """bench/cluster.py end to end: a node alone, then two nodes and a
+    private Redis; every scenario delivers everything in both set-ups."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cluster.py"), "--n", "200", "--runs", "1", "--messages", "10",
+         "--rate", "200", "--rate-messages", "40", "--wait", "15"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "N = 200" in proc.stdout and "placement apart" in proc.stdout, proc.stdout
+    rows = {line[:34].strip(): line[34:].split() for line in proc.stdout.splitlines() if line[:1] in "abc"}
+    for scenario in "abc":
+        assert rows[f"{scenario} lost"][:2] == ["0.000", "0.000"], proc.stdout
+    assert float(rows["b broadcast batch: deliveries/s"][1]) > 0, proc.stdout
+    assert "target Redis hop adds <= 1 ms at p50" in proc.stdout
