@@ -573,6 +573,10 @@ def test_compose_up_to_a_browser_page_receiving_what_the_form_posts(image, tmp_p
         page.click("button")
         page.wait_for_function("document.querySelector('#events li')?.textContent === 'posted in a browser'",
                                timeout=WAIT_MS)
+        # The event may come down the stream before the page has read the
+        # POST's answer: wait for that too, then check what it says.
+        page.wait_for_function("document.getElementById('state').textContent.startsWith('published')",
+                               timeout=WAIT_MS)
         assert '"delivered": 1' in page.text_content("#state")
     finally:
         if browser is not None:
