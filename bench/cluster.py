@@ -163,8 +163,9 @@ def main(argv=None) -> int:
             print(f"run {i + 1}: {runs[-1]}", file=sys.stderr)
     med = {setup: {k: statistics.median(r[setup][k] for r in runs) for k in runs[0][setup] if k != "saturated"}
            for setup in ("alone", "cluster")}
+    placement = args.placement if cores[0] is not None else "not pinned"
     print(f"pyhasses cluster benchmark: {args.runs} run(s), N = {args.n}, latency at {args.rate} msg/s to "
-          f"{args.latency_n} streams; {os.cpu_count()} cores; placement {args.placement if cores[0] is not None else 'not pinned'}")
+          f"{args.latency_n} streams; {os.cpu_count()} cores; placement {placement}")
     print(f"{'':34} {'alone':>12} {'via Redis':>12} {'ratio':>8}")
     for key, label in (("a_deliveries_per_s", "a broadcast acked: deliveries/s"),
                        ("b_deliveries_per_s", "b broadcast batch: deliveries/s"),

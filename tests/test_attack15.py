@@ -135,8 +135,9 @@ def test_ten_writers_of_clientlist_bursts_do_not_stall_600_streams(daemon_factor
         # Issue 15's own floods (tcpstatus lines, resumes) keep 0.5 s (test_hostile).
         # Here one clientlist of 600 streams takes ~50 ms on a slow day of the
         # test machine, and ten writers held a ping up to 0.58-0.88 s there
-        # (0.17-0.19 s with one writer of all 150; the code before issue 11,
-        # 0.84-0.88 s): not yet known why ten cost more than one.  The bound
+        # (0.17-0.19 s with one writer of all 150; main as it was before the
+        # commit that raised this bound, 1dc2153, 0.84-0.88 s): not yet known
+        # why ten cost more than one.  The bound
         # stays well below what a writer of 150 clientlists would cost
         # without turns (~7 s).
         assert pinger.worst() < 1.2, pinger.worst()

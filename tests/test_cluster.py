@@ -654,8 +654,8 @@ def _monitor(redis) -> socket.socket:
 
 
 def _commands_seen(sock: socket.socket, until: bytes, timeout: float = 5.0) -> list:
-    """The commands MONITOR reported (their names, in order) up to the first
-    line holding ``until``."""
+    """The commands MONITOR reported (their names, in order), read until a
+    line holding ``until`` came."""
     deadline = time.monotonic() + timeout
     buf = b""
     while until not in buf:
